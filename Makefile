@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml tools/setup_env.sh
 course: env
 	$(PY) tools/execute_notebooks.py --output-dir $(COURSE_OUT) $(NOTEBOOKS)
 
-test: env
+test:  # sets up $(VENV) itself, as its first timed part
 	@VENV=$(VENV) bash tools/run_tests.sh
 
 notebooks: env

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every check of the course, in order, each part timed: lint, unit tests, notebooks (nbval).
-# Run it through `make test`, which creates the environment first.
+# Every check of the course, in order, each part timed: set-up, lint, unit tests, notebooks
+# (nbval). `make test` runs this script.
 set -uo pipefail
 
 venv=${VENV:-.venv}
@@ -22,6 +22,11 @@ run_part() {
   names+=("$name") times+=($((SECONDS - start))) results+=("$([ $rc -eq 0 ] && echo ok || echo FAILED)")
 }
 
+run_part "environment" make --no-print-directory env VENV="$venv"
+if [ "${results[0]}" != ok ]; then
+  echo "setting up $venv failed; nothing else can run" >&2
+  exit 1
+fi
 run_part "lint" ruff check lora_course tests tools benchmarks "${notebook_dirs[@]}"
 run_part "format" ruff format --check lora_course tests tools benchmarks "${notebook_dirs[@]}"
 run_part "unit tests" python -m pytest tests

@@ -25,3 +25,11 @@ def randomize_lora(model, seed: int = 1, std: float = 0.5):
         for name, param in model.named_parameters():
             if name.endswith("lora_B"):
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """The real SmolLM2 tokenizer (from the course's model cache; converted on first use)."""
+    from lora_course import load_smollm2
+
+    return load_smollm2(verbose=False)[1]

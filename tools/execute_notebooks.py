@@ -16,6 +16,7 @@ from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+from traitlets import default
 
 
 class ThisPythonKernels(KernelSpecManager):
@@ -26,12 +27,17 @@ class ThisPythonKernels(KernelSpecManager):
         return KernelSpec(argv=argv, display_name="Python 3", language="python")
 
 
+class ThisPythonKernelManager(AsyncKernelManager):
+    @default("kernel_spec_manager")
+    def _kernel_spec_manager_default(self):
+        return ThisPythonKernels(data_dir=self.data_dir)
+
+
 def execute(path: Path, output: Path, timeout: int) -> float:
     notebook = nbformat.read(path, as_version=4)
-    kernel = AsyncKernelManager(kernel_name="python3", kernel_spec_manager=ThisPythonKernels())
     client = NotebookClient(
         notebook,
-        km=kernel,
+        kernel_manager_class=ThisPythonKernelManager,  # the client owns it and shuts it down
         timeout=timeout,
         record_timing=False,  # no per-cell timestamps in the saved file
         resources={"metadata": {"path": str(path.parent)}},  # run from the notebook's folder

@@ -1,0 +1,84 @@
+"""A plain training loop with a progress bar, and held-out loss (notebook 01, used throughout).
+
+Written out rather than hidden in `Trainer` so each step can be read: batch, forward, loss,
+backward, optimizer step. Notebook 05 trains with transformers' Trainer instead.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import collate
+from .devices import Precision, choose_precision
+
+
+def batches(rows, batch_size: int, pad_id: int, seed: int = 0) -> Iterator[dict]:
+    """Endless shuffled batches: every row once per epoch, reshuffled each epoch."""
+    rng, order = random.Random(seed), list(range(len(rows)))
+    while True:
+        rng.shuffle(order)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield collate([rows[i] for i in order[start : start + batch_size]], pad_id)
+
+
+def train(
+    model,
+    rows,
+    *,
+    steps: int,
+    lr: float,
+    pad_id: int,
+    batch_size: int = 8,
+    seed: int = 0,
+    precision: Precision | None = None,
+    desc: str = "training",
+    progress: bool = True,
+) -> list[float]:
+    """Train the parameters that require grad with AdamW; return the loss of every step."""
+    precision = precision or choose_precision()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no parameter requires grad: nothing to train (did you freeze them all?)")
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    scaler = precision.grad_scaler()  # active only for fp16, where gradients would underflow
+    device = next(model.parameters()).device
+    stream = batches(rows, batch_size, pad_id, seed)
+    losses = []
+    model.train()
+    for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+        batch = {k: v.to(device) for k, v in next(stream).items()}
+        with precision.autocast():
+            loss = model(**batch).loss  # mean cross-entropy over answer tokens
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"loss became {loss.item()} at step {len(losses)}; lower lr")
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def evaluate_loss(model, rows, pad_id: int, batch_size: int = 16) -> float:
+    """Mean cross-entropy per answer token over `rows` (prompt tokens don't count)."""
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    model.eval()
+    for start in range(0, len(rows), batch_size):
+        batch = collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        targets = batch["labels"][:, 1:]  # (B, T-1): token t is predicted from tokens < t
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="sum"
+        )
+        total += loss.item()
+        tokens += (targets != -100).sum().item()
+    return total / tokens

@@ -6,7 +6,7 @@ Each object's docstring names the notebook that introduces it.
 from .adapters import base_fingerprint, load_adapter, save_adapter
 from .chat import chat_input_ids, generate_reply
 from .counting import ParamCount, count_parameters
-from .devices import Precision, choose_precision, describe_runtime
+from .devices import Precision, choose_precision, describe_runtime, start_lesson
 from .inject import InjectionReport, inject_lora, lora_layers
 from .layers import LoRALinear
 from .models import (
@@ -45,5 +45,6 @@ __all__ = [
     "peft_lora_linear",
     "resolve_source",
     "save_adapter",
+    "start_lesson",
     "tiny_llama",
 ]

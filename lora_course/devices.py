@@ -87,3 +87,24 @@ def describe_runtime() -> str:
     props = torch.cuda.get_device_properties(0)
     gib = props.total_memory / 2**30
     return f"GPU {props.name}, {gib:.1f} GiB, compute capability {props.major}.{props.minor}"
+
+
+def start_lesson(seed: int = 0) -> Precision:
+    """Seed torch and print versions, hardware, precision and mode: every notebook's first cell."""
+    import platform
+
+    import peft
+    import transformers
+
+    from .settings import fast_mode
+
+    torch.manual_seed(seed)
+    precision = choose_precision()
+    print(
+        f"python {platform.python_version()} | torch {torch.__version__} | "
+        f"transformers {transformers.__version__} | peft {peft.__version__}"
+    )
+    print(f"seed {seed} | {describe_runtime()}")
+    print(f"precision: {precision}")
+    print(f"fast mode (LORA_COURSE_FAST): {fast_mode()}")
+    return precision

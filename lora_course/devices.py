@@ -92,12 +92,17 @@ def describe_runtime() -> str:
 def start_lesson(seed: int = 0) -> Precision:
     """Seed torch and print versions, hardware, precision and mode: every notebook's first cell."""
     import platform
+    import warnings
 
     import peft
     import transformers
 
     from .settings import fast_mode
 
+    # Library deprecation notices (transformers / PEFT talking to each other) are not lesson
+    # content, and their text changes between versions; hide them in notebook outputs.
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft)(\.|$)")
     torch.manual_seed(seed)
     precision = choose_precision()
     print(

@@ -33,7 +33,8 @@ class ThisPythonKernelManager(AsyncKernelManager):
         return ThisPythonKernels(data_dir=self.data_dir)
 
 
-def execute(path: Path, output: Path, timeout: int) -> float:
+def execute(path: Path, timeout: int):
+    """Run `path` top to bottom; return (executed notebook, seconds, error or None)."""
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(
         notebook,
@@ -43,10 +44,22 @@ def execute(path: Path, output: Path, timeout: int) -> float:
         resources={"metadata": {"path": str(path.parent)}},  # run from the notebook's folder
     )
     start = time.perf_counter()
-    client.execute()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(notebook, output)
-    return time.perf_counter() - start
+    try:
+        client.execute()
+        error = None
+    except CellExecutionError as failure:
+        error = failure
+    return notebook, time.perf_counter() - start, error
+
+
+def describe(notebook, error: CellExecutionError) -> str:
+    """Which cell failed and how, in two lines."""
+    for index, cell in enumerate(notebook.cells):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                first_line = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
+                return f"cell {index} ({first_line[:60]!r}): {output.ename}: {output.evalue}"
+    return str(error).strip().splitlines()[-1]
 
 
 def main() -> int:
@@ -62,10 +75,12 @@ def main() -> int:
     for path in args.notebooks:
         output = path if args.inplace else args.output_dir / path.name
         print(f"executing {path} ...", flush=True)
-        try:
-            seconds = execute(path, output, args.timeout)
-        except CellExecutionError as error:
-            print(f"  FAILED: {str(error).strip().splitlines()[-1]}", flush=True)
+        notebook, seconds, error = execute(path, args.timeout)
+        if error is None or not args.inplace:  # never overwrite a source notebook with a failure
+            output.parent.mkdir(parents=True, exist_ok=True)
+            nbformat.write(notebook, output)
+        if error is not None:
+            print(f"  FAILED after {seconds:.1f} s: {describe(notebook, error)}", flush=True)
             failed.append(path)
             continue
         print(f"  {seconds:6.1f} s -> {output}", flush=True)

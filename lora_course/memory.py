@@ -1,0 +1,170 @@
+"""Training-memory arithmetic: full fine-tuning vs LoRA vs QLoRA (introduced in notebook 03).
+
+A calculator, not a simulator. Every assumption is a named argument or stated below:
+- weights are stored in `weight_bytes` per parameter (fp32 = 4, bf16 = 2); a QLoRA base is 4-bit
+  NF4 with one fp32 scale per 64 weights (0.5 + 4/64 = 0.5625 bytes per parameter);
+- every trainable parameter has a gradient and two AdamW moments, all fp32 (4 + 8 bytes);
+- activations kept for the backward pass, per token and per decoder block, are about
+  10 h + 2 kv + 4 i + a s values (h: hidden size, kv: key/value width, i: MLP width, a: heads,
+  s: sequence length; that is two norms, attention inputs, eager attention probabilities and MLP
+  intermediates), plus 3 V values per token for the logits, their log-softmax and its gradient
+  (V: vocabulary size);
+- LoRA is charged the same activations as full fine-tuning: an upper bound, since frozen layers
+  need not keep their inputs;
+- nothing else: no allocator caching, no framework overhead, no gradient checkpointing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .counting import projection_shapes
+
+QLORA_BYTES = 0.5 + 4 / 64  # NF4 weights plus one fp32 absmax per 64-weight block
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per component; `total` is their sum."""
+
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+    def as_gib(self) -> dict[str, float]:
+        parts = ("weights", "gradients", "optimizer", "activations", "total")
+        return {part: getattr(self, part) / 2**30 for part in parts}
+
+
+def activation_bytes(config, batch: int, seq: int, bytes_per_value: int = 4) -> float:
+    """Activations kept for backward, by the per-token count in the module docstring."""
+    shapes = projection_shapes(config)
+    h, kv, i = config.hidden_size, shapes["k_proj"][1], config.intermediate_size
+    per_block = 10 * h + 2 * kv + 4 * i + config.num_attention_heads * seq
+    per_token = config.num_hidden_layers * per_block + 3 * config.vocab_size
+    return batch * seq * per_token * bytes_per_value
+
+
+def estimate_training_memory(
+    config,
+    method: str,
+    total_params: int,
+    trainable_params: int,
+    batch: int,
+    seq: int,
+    weight_bytes: float = 4,
+    activation_value_bytes: int = 4,
+) -> MemoryEstimate:
+    """Memory to train with `method` ('full', 'lora' or 'qlora'), by the stated assumptions."""
+    if method not in ("full", "lora", "qlora"):
+        raise ValueError(f"method must be 'full', 'lora' or 'qlora', got {method!r}")
+    trained = total_params if method == "full" else trainable_params
+    frozen = total_params - trained
+    frozen_bytes = QLORA_BYTES if method == "qlora" else weight_bytes
+    return MemoryEstimate(
+        weights=frozen * frozen_bytes + trained * 4,  # trained weights kept in fp32
+        gradients=trained * 4,
+        optimizer=trained * 8,  # AdamW: first and second moments
+        activations=activation_bytes(config, batch, seq, activation_value_bytes),
+    )
+
+
+def measure_training_peak(
+    method: str, batch: int = 4, seq: int = 128, steps: int = 2, r: int = 8, targets=None
+) -> dict:
+    """Train SmolLM2 for `steps` steps in a fresh Python process and report its peak memory.
+
+    A fresh process, because peak RSS only ever grows: measuring in the notebook's own process
+    would include everything done before. Returns bytes: {'peak', 'device', ...}. On a CPU the
+    figure is the growth of the peak resident set (RSS) over the process after its imports; on a
+    GPU it is torch.cuda.max_memory_allocated(). The CPU measurement reads /proc: Linux only.
+    """
+    import json
+    import subprocess
+    import sys
+
+    args = ["--method", method, "--batch", str(batch), "--seq", str(seq), "--steps", str(steps)]
+    args += ["--r", str(r), "--targets", ",".join(targets or ("q_proj", "v_proj"))]
+    result = subprocess.run(
+        [sys.executable, "-m", "lora_course.memory", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"memory probe failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _rss_bytes(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) of this process, from /proc (Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    """Start the peak (VmHWM) again from the current RSS.
+
+    Needed because a child process inherits its parent's high-water mark through fork and exec
+    (getrusage's ru_maxrss does too), so a probe started from a notebook holding a model would
+    otherwise report the notebook's peak.
+    """
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+def _probe(method: str, batch: int, seq: int, steps: int, r: int, targets: list[str]) -> dict:
+    """The measurement itself, run by `python -m lora_course.memory` in a fresh process."""
+    import torch
+
+    from .counting import count_parameters
+    from .inject import inject_lora
+    from .models import load_smollm2
+    from .training import train
+
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        _reset_peak_rss()
+        baseline = _rss_bytes("VmRSS")
+    model, tokenizer = load_smollm2(verbose=False)
+    if method == "lora":
+        inject_lora(model, targets, r=r, alpha=2 * r)
+    elif method != "full":
+        raise ValueError(f"can measure 'full' or 'lora' here, not {method!r}")
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(batch * steps):  # exactly `seq` tokens each, so the estimate's seq is exact
+        ids = torch.randint(0, tokenizer.vocab_size, (seq,), generator=g).tolist()
+        rows.append({"input_ids": ids, "labels": ids})
+    train(model, rows, steps=steps, lr=1e-5, pad_id=0, batch_size=batch, progress=False)
+    counts = count_parameters(model)
+    return {
+        "method": method,
+        "device": "cuda" if on_gpu else "cpu",
+        "peak": torch.cuda.max_memory_allocated() if on_gpu else _rss_bytes("VmHWM") - baseline,
+        "trainable": counts.trainable,
+        "total": counts.total,
+    }
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="Measure peak training memory of SmolLM2.")
+    parser.add_argument("--method", required=True)
+    for name, default in (("batch", 4), ("seq", 128), ("steps", 2), ("r", 8)):
+        parser.add_argument(f"--{name}", type=int, default=default)
+    parser.add_argument("--targets", default="q_proj,v_proj")
+    a = parser.parse_args()
+    print(json.dumps(_probe(a.method, a.batch, a.seq, a.steps, a.r, a.targets.split(","))))

@@ -29,12 +29,16 @@ def base_fingerprint(layers: dict[str, LoRALinear]) -> str:
     Values are hashed after rounding to bf16, so one checkpoint loaded in fp32 or in bf16 gives
     the same fingerprint while a different or modified base does not.
     """
-    digest = hashlib.sha256()
-    for name in sorted(layers):
-        layer = layers[name]
+    for name, layer in layers.items():
         if layer.merged:
             raise ValueError(f"{name} is merged: unmerge() first, its weight holds W0 + BA.")
-        weight = layer.base.weight.detach().to("cpu", torch.bfloat16).contiguous()
+    return _fingerprint({name: layer.base.weight for name, layer in layers.items()})
+
+
+def _fingerprint(weights: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        weight = weights[name].detach().to("cpu", torch.bfloat16).contiguous()
         digest.update(f"{name}:{tuple(weight.shape)};".encode())
         digest.update(weight.view(torch.int16).numpy().tobytes())
     return "sha256:" + digest.hexdigest()[:16]
@@ -66,23 +70,26 @@ def load_adapter(model: nn.Module, folder: str | Path, check_base: bool = True) 
     modules = config["modules"]
     _check_architecture(model, modules)
     layers = lora_layers(model)
-    if not layers:
-        settings = {k: config[k] for k in ("r", "alpha", "dropout", "use_rslora")}
-        inject_lora(model, list(modules), **settings)
-        layers = lora_layers(model)
-    elif set(layers) != set(modules) or shared_settings(layers)["r"] != config["r"]:
+    if layers and (set(layers) != set(modules) or shared_settings(layers)["r"] != config["r"]):
         raise ValueError(
             "model already has LoRA layers that differ from the adapter's "
             f"(r={config['r']} on {len(modules)} layers); load into a model without LoRA."
         )
-    if check_base:
-        found = base_fingerprint(layers)
+    if check_base:  # checked before anything changes, so a refused adapter leaves no trace
+        if layers:
+            found = base_fingerprint(layers)
+        else:
+            found = _fingerprint({name: model.get_submodule(name).weight for name in modules})
         if found != config["base_fingerprint"]:
             raise ValueError(
                 f"adapter was trained on a different base model (fingerprint "
                 f"{config['base_fingerprint']}, this model's is {found}): same architecture, "
                 "different weights. Load the base it was trained on, or pass check_base=False."
             )
+    if not layers:
+        settings = {k: config[k] for k in ("r", "alpha", "dropout", "use_rslora")}
+        inject_lora(model, list(modules), **settings)
+        layers = lora_layers(model)
     tensors = load_file(Path(folder) / WEIGHTS_FILE)
     with torch.no_grad():
         for name, layer in layers.items():

@@ -35,7 +35,7 @@ def task_files(name: str, folder: str | Path | None = None) -> dict[str, str]:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; available: {', '.join(TASKS)}")
     candidates = [Path(folder)] if folder is not None else [REPO_DATA, cache_dir() / "data"]
-    splits = tickets.SPLITS
+    splits = TASKS[name].SPLITS
     for base in candidates:
         files = {split: base / name / f"{split}.jsonl" for split in splits}
         if all(f.is_file() for f in files.values()):

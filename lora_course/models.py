@@ -43,14 +43,24 @@ class ModelNotAvailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where the model comes from: kind is 'path', 'hub' or 'gguf'."""
+    """Where the model comes from: kind is 'path', 'hub-cache', 'hub' or 'gguf'."""
 
     kind: str
     location: str
 
     def __str__(self) -> str:
-        labels = {"path": "local folder", "hub": "Hugging Face hub", "gguf": "packaged GGUF"}
+        labels = {
+            "path": "local folder",
+            "hub-cache": "Hugging Face hub cache",
+            "hub": "Hugging Face hub",
+            "gguf": "packaged GGUF",
+        }
         return f"{labels[self.kind]} {self.location}"
+
+    @property
+    def local(self) -> bool:
+        """True when loading must not touch the network (it would only add retries)."""
+        return self.kind != "hub"
 
 
 def resolve_source(path: str | os.PathLike | None = None, allow_hub: bool = True) -> ModelSource:
@@ -61,6 +71,8 @@ def resolve_source(path: str | os.PathLike | None = None, allow_hub: bool = True
 
     tried = []
     if allow_hub:
+        if _in_hub_cache():
+            return ModelSource("hub-cache", HUB_ID)
         hub_reason = _hub_unavailable_reason()
         if hub_reason is None:
             return ModelSource("hub", HUB_ID)
@@ -94,10 +106,10 @@ def load_smollm2(
     dtype = dtype or precision.weight_dtype
     source = resolve_source(path, allow_hub)
     start = time.perf_counter()
+    folder = source.location
     if source.kind == "gguf":
-        folder, extra = str(_converted_gguf(Path(source.location), cache)), {}
-    else:
-        folder, extra = source.location, {"local_files_only": source.kind == "path"}
+        folder = str(_converted_gguf(Path(source.location), cache))
+    extra = {"local_files_only": source.local}
     with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
@@ -121,16 +133,20 @@ def _given_source(path: Path, from_env: bool) -> ModelSource:
     return ModelSource("path", str(path))
 
 
-def _hub_unavailable_reason(timeout: float = 2.0) -> str | None:
-    """None if the hub can serve the model (cached, or online); else why not, in a few words."""
-    from huggingface_hub import constants, try_to_load_from_cache
+def _in_hub_cache() -> bool:
+    """True if the hub's copy is already in the local hub cache (e.g. downloaded once online)."""
+    from huggingface_hub import try_to_load_from_cache
 
-    cached = all(
+    return all(
         isinstance(try_to_load_from_cache(HUB_ID, name), str)
         for name in ("config.json", "model.safetensors", "tokenizer.json")
     )
-    if cached:
-        return None
+
+
+def _hub_unavailable_reason(timeout: float = 2.0) -> str | None:
+    """None if the hub answers; else why it can't serve the model, in a few words."""
+    from huggingface_hub import constants
+
     if constants.HF_HUB_OFFLINE:
         return "not in the local cache and HF_HUB_OFFLINE is set"
     # One quick connection instead of transformers' retries (~20 s of errors when offline).

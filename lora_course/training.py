@@ -19,6 +19,8 @@ from .devices import Precision, choose_precision
 
 def batches(rows, batch_size: int, pad_id: int, seed: int = 0) -> Iterator[dict]:
     """Endless shuffled batches: every row once per epoch, reshuffled each epoch."""
+    if not 1 <= batch_size <= len(rows):
+        raise ValueError(f"batch_size must be between 1 and the {len(rows)} rows, got {batch_size}")
     rng, order = random.Random(seed), list(range(len(rows)))
     while True:
         rng.shuffle(order)
@@ -82,3 +84,45 @@ def evaluate_loss(model, rows, pad_id: int, batch_size: int = 16) -> float:
         total += loss.item()
         tokens += (targets != -100).sum().item()
     return total / tokens
+
+
+def run_lora(
+    base_model,
+    train_rows,
+    eval_rows,
+    *,
+    targets,
+    r: int,
+    alpha: float,
+    lr: float,
+    steps: int,
+    pad_id: int,
+    use_rslora: bool = False,
+    batch_size: int = 8,
+    seed: int = 0,
+    desc: str | None = None,
+) -> dict:
+    """One LoRA experiment on a fresh copy of `base_model`: inject, train, evaluate (notebook 04).
+
+    The base model is never modified. Every run with the same seed sees the same batches and
+    starts from the same A (B is zero), so runs differ only in the settings being compared.
+    """
+    import copy
+    import time
+
+    from .inject import inject_lora
+
+    model = copy.deepcopy(base_model)
+    torch.manual_seed(seed)  # same A initialization for every run
+    inject_lora(model, targets, r=r, alpha=alpha, use_rslora=use_rslora)
+    start = time.perf_counter()
+    losses = train(
+        model, train_rows, steps=steps, lr=lr, pad_id=pad_id, batch_size=batch_size, seed=seed,
+        desc=desc or f"r={r} alpha={alpha} lr={lr:g}",
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    return {
+        "losses": losses,
+        "eval_loss": evaluate_loss(model, eval_rows, pad_id),
+        "seconds_per_step": seconds / steps,
+    }

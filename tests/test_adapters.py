@@ -32,6 +32,14 @@ def test_round_trip_into_a_fresh_base_gives_the_same_outputs(trained, tokens, tm
     assert (layer.r, layer.alpha, layer.use_rslora) == (4, 8, True)
 
 
+def test_loading_into_a_model_with_the_same_lora_layers_works(trained, tokens, tmp_path):
+    save_adapter(trained, tmp_path)
+    ready = tiny_llama(seed=0)
+    inject_lora(ready, ["q_proj", "v_proj"], r=4, alpha=8, use_rslora=True)
+    load_adapter(ready, tmp_path)
+    torch.testing.assert_close(ready(tokens).logits, trained(tokens).logits, rtol=0, atol=0)
+
+
 def test_only_adapter_weights_are_saved(trained, tmp_path):
     save_adapter(trained, tmp_path)
     from safetensors.torch import load_file
@@ -55,8 +63,10 @@ def test_a_different_architecture_is_refused(trained, tmp_path):
 
 def test_same_architecture_different_weights_is_refused(trained, tokens, tmp_path):
     save_adapter(trained, tmp_path)
+    other = tiny_llama(seed=1)
     with pytest.raises(ValueError, match="different base model"):
-        load_adapter(tiny_llama(seed=1), tmp_path)
+        load_adapter(other, tmp_path)
+    assert not lora_layers(other), "a refused adapter must leave the model as it was"
     modified = tiny_llama(seed=0)
     with torch.no_grad():
         modified.model.layers[1].self_attn.v_proj.weight[0, 0] += 1e-2

@@ -13,7 +13,8 @@ from lora_course import ModelNotAvailableError, generate_reply, load_smollm2, re
 
 @pytest.fixture
 def no_hub(monkeypatch):
-    """Make the hub look unreachable, as in CI, whatever this machine can reach."""
+    """Make the hub look unreachable and uncached, as in CI, whatever this machine has."""
+    monkeypatch.setattr(models, "_in_hub_cache", lambda: False)
     monkeypatch.setattr(models, "_hub_unavailable_reason", lambda: "unreachable (test)")
 
 
@@ -34,9 +35,22 @@ def test_a_given_path_wins_and_bad_paths_are_explained(tmp_path, monkeypatch):
 
 def test_hub_comes_before_the_packaged_file(monkeypatch):
     monkeypatch.delenv("LORA_COURSE_MODEL", raising=False)
+    monkeypatch.setattr(models, "_in_hub_cache", lambda: False)
     monkeypatch.setattr(models, "_hub_unavailable_reason", lambda: None)
-    assert resolve_source().kind == "hub"
+    assert resolve_source().kind == "hub" and not resolve_source().local
     assert resolve_source(allow_hub=False).kind == "gguf"
+
+
+def test_a_cached_hub_copy_is_used_without_the_network(monkeypatch):
+    monkeypatch.delenv("LORA_COURSE_MODEL", raising=False)
+    monkeypatch.setattr(models, "_in_hub_cache", lambda: True)
+
+    def network(*args, **kwargs):
+        raise AssertionError("a cached copy must not wait for the network")
+
+    monkeypatch.setattr(models, "_hub_unavailable_reason", network)
+    source = resolve_source()
+    assert (source.kind, source.local) == ("hub-cache", True)
 
 
 def test_offline_setting_skips_the_hub_quickly(monkeypatch):

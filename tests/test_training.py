@@ -5,7 +5,7 @@ import torch
 
 from lora_course import inject_lora
 from lora_course.data import collate
-from lora_course.training import evaluate_loss, train
+from lora_course.training import evaluate_loss, run_lora, train
 
 
 @pytest.fixture
@@ -44,3 +44,18 @@ def test_divergence_is_reported_not_hidden(base, rows):
         base.model.norm.weight[0] = float("nan")
     with pytest.raises(FloatingPointError, match="loss became nan at step 0"):
         train(base, rows, steps=5, lr=1e-3, pad_id=0, batch_size=4, progress=False)
+
+
+def test_run_lora_leaves_the_base_untouched_and_is_reproducible(base, rows):
+    before = {n: p.clone() for n, p in base.state_dict().items()}
+    settings = dict(targets=["q_proj"], r=2, alpha=4, lr=1e-2, steps=5, pad_id=0, batch_size=4)
+    first = run_lora(base, rows, rows, **settings)
+    second = run_lora(base, rows, rows, **settings)
+    assert first["losses"] == second["losses"] and first["eval_loss"] == second["eval_loss"]
+    assert all(torch.equal(p, before[n]) for n, p in base.state_dict().items())
+    assert first["eval_loss"] < evaluate_loss(base, rows, pad_id=0)
+
+
+def test_a_batch_larger_than_the_data_is_refused(base, rows):
+    with pytest.raises(ValueError, match="between 1 and the 8 rows, got 9"):
+        train(base, rows, steps=1, lr=1e-3, pad_id=0, batch_size=9, progress=False)

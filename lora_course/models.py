@@ -148,7 +148,7 @@ def _hub_unavailable_reason(timeout: float = 2.0) -> str | None:
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
-        return "not in the local cache and HF_HUB_OFFLINE is set"
+        return "HF_HUB_OFFLINE is set and it is not in the local hub cache"
     # One quick connection instead of transformers' retries (~20 s of errors when offline).
     host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     try:

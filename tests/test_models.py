@@ -56,12 +56,11 @@ def test_a_cached_hub_copy_is_used_without_the_network(monkeypatch):
 def test_offline_setting_skips_the_hub_quickly(monkeypatch):
     from huggingface_hub import constants
 
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # no socket is even opened
     start = time.perf_counter()
     reason = models._hub_unavailable_reason()
     assert time.perf_counter() - start < 1.0
-    # (a machine with the model in its hub cache would return None: nothing to skip)
-    assert reason is None or "HF_HUB_OFFLINE" in reason
+    assert "HF_HUB_OFFLINE is set" in reason
 
 
 def test_no_source_gives_one_clear_error(monkeypatch, no_hub):

@@ -6,12 +6,16 @@ STAMP := $(VENV)/.lora-course-installed
 COURSE_OUT ?= build/course
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: help env course test notebooks bench clean
+.PHONY: help env course site test notebooks exercises grade bench clean
 
 help:
-	@echo "make course     run every notebook top to bottom (full mode) into $(COURSE_OUT)/"
+	@echo "make course     run every notebook top to bottom (full mode) into $(COURSE_OUT)/,"
+	@echo "                then render them as a static site in build/site/"
+	@echo "make site       render the committed notebooks as the site, without running them"
 	@echo "make test       lint + unit tests + re-execute every notebook with nbval (fast mode)"
 	@echo "make notebooks  re-execute the notebooks in place, to commit their outputs"
+	@echo "make exercises  regenerate exercises/ from solutions/ (after editing a solution)"
+	@echo "make grade SUBMISSIONS=folder   grade students' exercise notebooks into grades.csv"
 	@echo "make bench      benchmark scripts (ratios measured side by side)"
 	@echo "make env        only create $(VENV) and install the course into it"
 
@@ -23,12 +27,24 @@ $(STAMP): pyproject.toml tools/setup_env.sh
 
 course: env
 	$(PY) tools/execute_notebooks.py --output-dir $(COURSE_OUT) $(NOTEBOOKS)
+	$(PY) tools/build_site.py --notebooks $(COURSE_OUT) --out build/site
+
+site: env  # the committed notebooks, rendered
+	$(PY) tools/build_site.py --out build/site
 
 test:  # sets up $(VENV) itself, as its first timed part
 	@VENV=$(VENV) bash tools/run_tests.sh
 
 notebooks: env
 	$(PY) tools/execute_notebooks.py --inplace $(NOTEBOOKS)
+
+exercises: env
+	$(PY) tools/execute_notebooks.py --inplace $(sort $(wildcard solutions/*.ipynb))
+	$(PY) tools/make_exercises.py
+
+SUBMISSIONS ?= submissions
+grade: env
+	$(PY) -m lora_course.grading $(SUBMISSIONS) --out grades.csv
 
 bench: env
 	$(PY) benchmarks/bench_lora_layer.py

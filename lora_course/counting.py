@@ -74,3 +74,11 @@ def lora_parameters(config, targets, r: int) -> int:
         raise ValueError(f"unknown projections {unknown}; choose from {', '.join(shapes)}")
     per_block = sum(lora_pair_parameters(*shapes[t], r) for t in targets)
     return config.num_hidden_layers * per_block
+
+
+def rank_for_budget(config, targets, budget: int) -> int:
+    """The rank whose LoRA parameter count for `targets` comes closest to `budget` (notebook 06)."""
+    if budget < 1:
+        raise ValueError(f"budget must be a positive number of parameters, got {budget}")
+    per_rank = lora_parameters(config, targets, r=1)  # the count is linear in r
+    return max(1, round(budget / per_rank))

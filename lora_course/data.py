@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from . import tickets
+from . import sql, tickets
 from .chat import chat_input_ids
 from .settings import cache_dir
 
-TASKS = {"tickets": tickets}
+TASKS = {"tickets": tickets, "sql": sql}  # name: module with make_splits, score, ...
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 IGNORE_INDEX = -100  # label value that cross-entropy skips: prompt and padding tokens
 
@@ -68,9 +68,9 @@ def tokenize(tokenizer, prompt: str, answer: str, system: str) -> dict[str, list
 
 def tokenize_task(dataset, tokenizer, name: str = "tickets"):
     """Tokenize every split of a task's DatasetDict (columns input_ids, labels)."""
-    system = TASKS[name].SYSTEM_PROMPT
+    task = TASKS[name]
     return dataset.map(
-        lambda row: tokenize(tokenizer, row["ticket"], row["answer"], system),
+        lambda row: tokenize(tokenizer, row[task.INPUT_FIELD], row["answer"], task.SYSTEM_PROMPT),
         remove_columns=dataset["train"].column_names,
     )
 

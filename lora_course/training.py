@@ -40,8 +40,12 @@ def train(
     precision: Precision | None = None,
     desc: str = "training",
     progress: bool = True,
+    max_grad_norm: float | None = None,
 ) -> list[float]:
-    """Train the parameters that require grad with AdamW; return the loss of every step."""
+    """Train the parameters that require grad with AdamW; return the loss of every step.
+
+    `max_grad_norm` clips the gradient's total norm, as the Trainer does (notebook 05).
+    """
     precision = precision or choose_precision()
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -59,6 +63,9 @@ def train(
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss became {loss.item()} at step {len(losses)}; lower lr")
         scaler.scale(loss).backward()
+        if max_grad_norm is not None:
+            scaler.unscale_(optimizer)  # clip the true gradient, not the loss-scaled one
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)

@@ -1,5 +1,8 @@
 """Shared fixtures: tiny seeded models that run in milliseconds on a CPU."""
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -33,3 +36,13 @@ def smollm2_tokenizer():
     from lora_course import load_smollm2
 
     return load_smollm2(verbose=False)[1]
+
+
+@pytest.fixture(scope="session")
+def make_exercises():
+    """tools/make_exercises.py as a module (tools/ is scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "tools" / "make_exercises.py"
+    spec = importlib.util.spec_from_file_location("make_exercises", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

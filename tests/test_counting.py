@@ -39,3 +39,16 @@ def test_unknown_projections_and_architectures_are_named():
         lora_parameters(tiny_llama().config, ["qkv"], 8)
     with pytest.raises(ValueError, match="unknown architecture 'GPT-5'"):
         build_config("GPT-5")
+
+
+def test_rank_for_budget_matches_smollm2_placements_to_a_few_percent():
+    from lora_course.counting import rank_for_budget
+
+    config = build_config("SmolLM2-135M")
+    budget = lora_parameters(config, ["q_proj", "v_proj"], 32)
+    mlp = ["gate_proj", "up_proj", "down_proj"]
+    assert rank_for_budget(config, ["q_proj", "k_proj", "v_proj", "o_proj"], budget) == 16
+    assert rank_for_budget(config, mlp, budget) == 10
+    assert abs(lora_parameters(config, mlp, 10) / budget - 1) < 0.05
+    with pytest.raises(ValueError, match="positive"):
+        rank_for_budget(config, mlp, 0)

@@ -1,4 +1,4 @@
-"""The ticket task: files equal the generator, splits are disjoint, tokenization is right."""
+"""Course data: files equal the generator, splits are disjoint, tokenization is right."""
 
 import json
 
@@ -6,15 +6,24 @@ import pytest
 import torch
 
 from lora_course import tickets
-from lora_course.data import REPO_DATA, collate, load_task, task_files, tokenize, write_task
+from lora_course.data import (
+    REPO_DATA,
+    TASKS,
+    collate,
+    load_task,
+    task_files,
+    tokenize,
+    write_task,
+)
 
 
-def test_shipped_files_equal_what_the_generator_writes(tmp_path):
-    write_task("tickets", tmp_path)
-    for split in tickets.SPLITS:
-        shipped = (REPO_DATA / "tickets" / f"{split}.jsonl").read_text()
-        assert shipped == (tmp_path / "tickets" / f"{split}.jsonl").read_text(), (
-            f"data/tickets/{split}.jsonl is stale: run `python -m lora_course.data`"
+@pytest.mark.parametrize("task", list(TASKS))
+def test_shipped_files_equal_what_the_generator_writes(task, tmp_path):
+    write_task(task, tmp_path)
+    for split in TASKS[task].SPLITS:
+        shipped = (REPO_DATA / task / f"{split}.jsonl").read_text()
+        assert shipped == (tmp_path / task / f"{split}.jsonl").read_text(), (
+            f"data/{task}/{split}.jsonl is stale: run `python -m lora_course.data`"
         )
 
 

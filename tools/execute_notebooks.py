@@ -12,25 +12,10 @@ import time
 from pathlib import Path
 
 import nbformat
-from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
-from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
-from traitlets import default
 
-
-class ThisPythonKernels(KernelSpecManager):
-    """Run every notebook on this interpreter's ipykernel, whatever kernels are installed."""
-
-    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
-        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-        return KernelSpec(argv=argv, display_name="Python 3", language="python")
-
-
-class ThisPythonKernelManager(AsyncKernelManager):
-    @default("kernel_spec_manager")
-    def _kernel_spec_manager_default(self):
-        return ThisPythonKernels(data_dir=self.data_dir)
+from lora_course.kernel import ThisPythonKernelManager
 
 
 def execute(path: Path, timeout: int):

@@ -8,7 +8,7 @@ export PATH="$PWD/$venv/bin:$PATH"
 # Re-executed notebooks use the small CI workloads, and the packaged model even where the hub is
 # reachable, so that their outputs compare with the committed ones.
 export LORA_COURSE_FAST=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error PYTHONHASHSEED=0
-notebook_dirs=(notebooks)
+notebook_dirs=(notebooks solutions)  # exercises/ are checked by tests/test_exercises.py
 
 names=() times=() results=()
 run_part() {
@@ -27,8 +27,9 @@ if [ "${results[0]}" != ok ]; then
   echo "setting up $venv failed; nothing else can run" >&2
   exit 1
 fi
-run_part "lint" ruff check lora_course tests tools benchmarks "${notebook_dirs[@]}"
-run_part "format" ruff format --check lora_course tests tools benchmarks "${notebook_dirs[@]}"
+run_part "lint" ruff check lora_course tests tools benchmarks exercises "${notebook_dirs[@]}"
+run_part "format" ruff format --check lora_course tests tools benchmarks exercises "${notebook_dirs[@]}"
+run_part "exercises generated" python tools/make_exercises.py --check
 run_part "unit tests" python -m pytest tests
 run_part "notebooks (nbval)" python -m pytest -p no:cacheprovider --nbval --nbval-current-env \
   --nbval-sanitize-with .ci/nbval_sanitize.cfg --nbval-cell-timeout=900 "${notebook_dirs[@]}"

@@ -1,0 +1,100 @@
+"""Scoring a model on a task by what it generates, not by its loss (notebook 05).
+
+Held-out loss says how likely the right answer is; accuracy says whether greedy decoding writes
+it. The two can disagree, and users see the second, so lessons 05-07 report accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .chat import chat_input_ids
+
+
+@dataclass
+class TaskScore:
+    """Accuracy of one model on one task's examples, with every prediction kept."""
+
+    task: str
+    accuracy: float  # fraction of examples whose main metric holds (tickets: exact; sql: correct)
+    rates: dict[str, float]  # fraction true for every scored field
+    predictions: list[str]
+
+    def __str__(self) -> str:
+        rates = ", ".join(f"{k} {v:.0%}" for k, v in self.rates.items())
+        return f"{self.task}: {self.accuracy:.1%} on {len(self.predictions)} examples ({rates})"
+
+
+@torch.no_grad()
+def generate_batch(
+    model,
+    tokenizer,
+    prompts: list[str],
+    system: str | None,
+    max_new_tokens: int = 64,  # the longest answer in either task is 54 tokens with its end mark
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[str]:
+    """Greedy replies to many prompts, batched with left padding (same text as one at a time)."""
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    replies = []
+    batches = range(0, len(prompts), batch_size)
+    for start in tqdm(batches, desc="generating", disable=not progress, leave=False):
+        ids = [chat_input_ids(tokenizer, p, system)[0] for p in prompts[start : start + batch_size]]
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)  # (B, T)
+        attention_mask = torch.zeros_like(input_ids)  # (B, T)
+        for row, x in enumerate(ids):  # left padding: every prompt ends where generation starts
+            input_ids[row, width - len(x) :] = x
+            attention_mask[row, width - len(x) :] = 1
+        output = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+        )  # (B, T + new)
+        texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+        replies += [text.strip() for text in texts]
+    return replies
+
+
+def evaluate_task(
+    model, tokenizer, rows, task: str, batch_size: int = 16, progress: bool = True
+) -> TaskScore:
+    """Generate an answer for every row of a task split and score it with the task's scorer."""
+    from .data import TASKS
+
+    module = TASKS[task]
+    prompts = [row[module.INPUT_FIELD] for row in rows]
+    predictions = generate_batch(
+        model, tokenizer, prompts, module.SYSTEM_PROMPT, batch_size=batch_size, progress=progress
+    )
+    scores = [module.score(p, row["answer"]) for p, row in zip(predictions, rows, strict=True)]
+    rates = {key: sum(s[key] for s in scores) / len(scores) for key in scores[0]}
+    accuracy = sum(module.main_metric(s) for s in scores) / len(scores)
+    return TaskScore(task, accuracy, rates, predictions)
+
+
+@torch.no_grad()
+def prompt_logits(model, tokenizer, prompts: list[str], system: str | None) -> torch.Tensor:
+    """Logits (B, T, vocab) of chat-formatted prompts, right-padded, fp32 on the CPU (notebook 07).
+
+    For comparing two models on the same inputs: merged vs unmerged, saved vs reloaded.
+    """
+    from .data import collate
+
+    rows = []
+    for prompt in prompts:
+        ids = chat_input_ids(tokenizer, prompt, system)[0].tolist()
+        rows.append({"input_ids": ids, "labels": ids})
+    batch = collate(rows, tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    logits = model(
+        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+    ).logits  # (B, T, vocab)
+    return logits.float().cpu()

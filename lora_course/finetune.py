@@ -1,0 +1,212 @@
+"""Fine-tuning SmolLM2 with PEFT and transformers' Trainer (notebook 05; reused by 06 and 07).
+
+`FinetuneConfig.for_runtime` picks steps, batch size and evaluation size per device (GPU
+workshop, CPU full run, CPU fast mode for CI); `make_trainer` builds the Trainer; `fine_tune`
+is the whole recipe; `cached_adapter` trains an adapter once per (task, recipe, base model) and
+keeps it in the course cache, so notebook 07 never depends on notebook 05 having run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .counting import PROJECTIONS, TARGET_PRESETS
+from .data import collate
+from .devices import Precision, choose_precision
+from .settings import cache_dir, fast_mode
+
+ATTENTION = TARGET_PRESETS["attention"]
+MLP = tuple(p for p in PROJECTIONS if p not in ATTENTION)  # gate_proj, up_proj, down_proj
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """One LoRA fine-tuning recipe: what to adapt, how large, how long (notebook 05)."""
+
+    task: str = "tickets"
+    targets: tuple[str, ...] = ATTENTION + MLP
+    r: int = 8
+    alpha: float = 16
+    lr: float = 2e-3
+    steps: int = 100
+    batch_size: int = 8
+    eval_examples: int = 200  # test-split examples scored by generation after training
+    seed: int = 0
+
+    def __post_init__(self):
+        from .data import TASKS
+
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
+        unknown = sorted(set(self.targets) - set(PROJECTIONS))
+        if not self.targets or unknown:
+            raise ValueError(f"targets must be among {', '.join(PROJECTIONS)}; got {unknown}")
+        for name in ("r", "steps", "batch_size", "eval_examples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+    @classmethod
+    def for_runtime(cls, task: str = "tickets", precision: Precision | None = None, **overrides):
+        """The recipe for this machine: GPU workshop, CPU full run, or CPU fast mode (CI)."""
+        precision = precision or choose_precision()
+        if precision.device == "cuda":
+            sizes = {"steps": 300, "batch_size": 32, "eval_examples": 200}
+        elif fast_mode():
+            sizes = {"steps": 12, "batch_size": 4, "eval_examples": 16}
+        else:
+            sizes = {"steps": 100, "batch_size": 8, "eval_examples": 200}
+        return cls(task=task, **{**sizes, **overrides})
+
+    def lora_config(self):
+        """The PEFT LoraConfig of this recipe."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=0.0,
+            target_modules=list(self.targets),
+            task_type="CAUSAL_LM",
+        )
+
+    def key(self) -> str:
+        """A short hash of every setting: two recipes share a cached adapter only if all match."""
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+class AnswerOnlyCollator:
+    """Trainer's data collator: right-pads rows; labels are -100 on prompt and padding."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        rows = [{"input_ids": row["input_ids"], "labels": row["labels"]} for row in rows]
+        return collate(rows, self.pad_id)  # input_ids, attention_mask, labels: (B, T)
+
+
+def training_settings(config: FinetuneConfig, precision: Precision, output_dir) -> dict:
+    """TrainingArguments keywords: constant lr, no checkpoints, a loss logged every step."""
+    return {
+        "output_dir": str(output_dir),
+        "max_steps": config.steps,
+        "per_device_train_batch_size": config.batch_size,
+        "learning_rate": config.lr,
+        "lr_scheduler_type": "constant",  # the schedule of the hand-written loop in training.py
+        "weight_decay": 0.0,
+        "optim": "adamw_torch",
+        "max_grad_norm": 1.0,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "dataloader_pin_memory": precision.device == "cuda",
+        "remove_unused_columns": False,  # the collator needs input_ids and labels as they are
+        "use_cpu": precision.device == "cpu",
+        **precision.trainer_kwargs,  # bf16=True on Ampere+, fp16=True (loss scaling) on a T4
+    }
+
+
+def make_trainer(
+    model, tokenizer, train_rows, config: FinetuneConfig, precision: Precision, output_dir
+):
+    """A transformers Trainer for a PEFT model on tokenized rows (columns input_ids, labels)."""
+    from transformers import Trainer, TrainingArguments
+
+    return Trainer(
+        model=model,
+        args=TrainingArguments(**training_settings(config, precision, output_dir)),
+        train_dataset=train_rows,
+        data_collator=AnswerOnlyCollator(tokenizer.pad_token_id),
+    )
+
+
+def out_of_memory_advice(config: FinetuneConfig) -> str:
+    """What to lower when a fine-tune does not fit in GPU memory (notebook 05)."""
+    smaller = max(1, config.batch_size // 2)
+    return (
+        f"the GPU ran out of memory at batch_size={config.batch_size}. Lower it, e.g. "
+        f"FinetuneConfig.for_runtime({config.task!r}, batch_size={smaller}, "
+        f"steps={config.steps * config.batch_size // smaller}) keeps the number of examples seen; "
+        "restart the runtime first to free the memory already taken."
+    )
+
+
+def loss_history(trainer) -> list[float]:
+    """The training loss of every logged step, from the Trainer's log history."""
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def fine_tune(model, tokenizer, config: FinetuneConfig, precision: Precision | None = None):
+    """get_peft_model + Trainer on the task's training split; returns (peft_model, losses, s/step).
+
+    `model` is wrapped in place (PEFT injects into it): pass a copy to keep the base clean.
+    """
+    import tempfile
+
+    from peft import get_peft_model
+
+    from .data import load_task, tokenize_task
+
+    precision = precision or choose_precision()
+    torch.manual_seed(config.seed)  # the same A initialization for the same recipe
+    peft_model = get_peft_model(model, config.lora_config())
+    train_rows = tokenize_task(load_task(config.task), tokenizer, config.task)["train"]
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer = make_trainer(peft_model, tokenizer, train_rows, config, precision, output_dir)
+        start = time.perf_counter()
+        try:
+            trainer.train()
+        except torch.OutOfMemoryError as error:
+            raise torch.OutOfMemoryError(out_of_memory_advice(config)) from error
+        seconds_per_step = (time.perf_counter() - start) / config.steps
+    peft_model.eval()
+    return peft_model, loss_history(trainer), seconds_per_step
+
+
+def adapter_folder(model, config: FinetuneConfig, cache: str | Path | None = None) -> Path:
+    """Where the adapter for (`config`, this base model) lives in the course cache.
+
+    The name holds the recipe's key and the base model's fingerprint, so an adapter is only
+    ever reused on the base it was trained on.
+    """
+    from .guard import base_fingerprint_of
+
+    fingerprint = base_fingerprint_of(model).removeprefix("sha256:")
+    return Path(cache or cache_dir() / "adapters") / f"{config.task}-{config.key()}-{fingerprint}"
+
+
+def cached_adapter(model, tokenizer, config: FinetuneConfig, cache: str | Path | None = None):
+    """Folder of a PEFT adapter for `config` trained on this base model, training it if needed.
+
+    `model` itself is not modified. Notebook 05 saves its adapter to the same place.
+    """
+    import copy
+
+    from .guard import save_peft_adapter
+
+    folder = adapter_folder(model, config, cache)
+    if (folder / "adapter_config.json").is_file():
+        print(f"cached adapter: {folder}")
+        return folder
+    print(f"training the {config.task} adapter ({config.steps} steps); it is cached in {folder}")
+    peft_model, losses, seconds_per_step = fine_tune(copy.deepcopy(model), tokenizer, config)
+    save_peft_adapter(peft_model, folder, base=model)
+    summary = {
+        "config": dataclasses.asdict(config),
+        "losses": losses,
+        "s_per_step": seconds_per_step,
+    }
+    (folder / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return folder

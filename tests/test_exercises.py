@@ -1,0 +1,63 @@
+"""Exercises are generated from solutions, and every untouched exercise fails every check."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXERCISES = sorted((ROOT / "exercises").glob("*.ipynb"))
+
+
+def test_there_is_one_exercise_notebook_per_lesson_with_three_to_six_checks():
+    lessons = sorted(p.name for p in (ROOT / "notebooks").glob("0[1-9]_*.ipynb"))
+    assert [p.name for p in EXERCISES] == lessons
+    for path in EXERCISES:
+        checks = [c for c in nbformat.read(path, 4).cells if "check" in c.metadata.get("tags", [])]
+        assert 3 <= len(checks) <= 6, path.name
+
+
+def test_exercises_are_what_the_solutions_generate():
+    result = subprocess.run(
+        [sys.executable, "tools/make_exercises.py", "--check"], cwd=ROOT, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_solution_regions_become_stubs_with_their_hint(make_exercises):
+    source = "def f(x):\n    ### BEGIN SOLUTION: square it\n    return x * x\n    ### END SOLUTION"
+    stub = make_exercises.strip_solutions(source, "test")
+    assert stub == 'def f(x):\n    raise NotImplementedError("square it")'
+    with pytest.raises(ValueError, match="never closed"):
+        make_exercises.strip_solutions("### BEGIN SOLUTION\nx = 1", "test")
+    with pytest.raises(ValueError, match="without BEGIN"):
+        make_exercises.strip_solutions("x = 1\n### END SOLUTION", "test")
+
+
+def test_generated_notebooks_say_so_and_carry_no_outputs():
+    for path in EXERCISES:
+        notebook = nbformat.read(path, 4)
+        assert "do not edit" in notebook.cells[1].source
+        assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code")
+        assert "### BEGIN SOLUTION" not in nbformat.writes(notebook)
+
+
+@pytest.mark.parametrize("path", EXERCISES, ids=lambda p: p.name)
+def test_every_check_fails_in_the_untouched_exercise(path, tmp_path):
+    from nbclient import NotebookClient
+
+    from lora_course.kernel import ThisPythonKernelManager
+
+    notebook = nbformat.read(path, 4)
+    NotebookClient(
+        notebook, kernel_manager_class=ThisPythonKernelManager, allow_errors=True, timeout=120,
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()  # fmt: skip
+    checks = [c for c in notebook.cells if "check" in c.metadata.get("tags", [])]
+    for cell in checks:
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        assert errors, f"check cell passed on an untouched exercise: {cell.source[:60]}"
+        assert errors[0].ename in {"NotImplementedError", "NameError", "TypeError"}, errors[0]

@@ -1,0 +1,157 @@
+"""The rendered course site, opened in headless Chromium: every lesson page loads without console
+errors and shows its figures; math renders; lesson-to-lesson links work. Skipped without Chromium.
+"""
+
+import functools
+import http.server
+import json
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Chromium is not installed (apt-get install chromium); .ci/run installs it",
+)
+LESSONS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    out = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "tools/build_site.py", "--out", str(out)], cwd=ROOT, check=True)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+class Browser:
+    """Just enough of the Chrome DevTools Protocol: open a page, collect errors, evaluate."""
+
+    def __init__(self, user_data_dir: Path):
+        import websocket
+
+        self.process = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={user_data_dir}", "--remote-debugging-port=0", "about:blank"],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for line in self.process.stderr:
+            match = re.search(r"DevTools listening on (ws://\S+)", line)
+            if match:
+                break
+        else:
+            raise RuntimeError("Chromium did not start its DevTools endpoint")
+        self.ws = websocket.create_connection(match[1], timeout=60)
+        self.next_id, self.events = 0, []
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)[
+            "sessionId"
+        ]
+        for domain in ("Page", "Runtime", "Log"):
+            self.call(f"{domain}.enable", session=True)
+
+    def call(self, method, session=False, **params):
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = self.session
+        self.ws.send(json.dumps(message))
+        while True:
+            reply = json.loads(self.ws.recv())
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def open(self, url, settle_js="document.readyState === 'complete'"):
+        """Navigate; return the console errors, exceptions and failed loads seen on the way."""
+        self.events = []
+        self.call("Page.navigate", session=True, url=url)
+        self.wait_for(settle_js)
+        errors = []
+        for event in self.events:
+            params = event.get("params", {})
+            if event.get("method") == "Runtime.exceptionThrown":
+                errors.append(params["exceptionDetails"].get("text", "exception"))
+            elif event.get("method") == "Runtime.consoleAPICalled" and params["type"] == "error":
+                errors.append(str([a.get("value") for a in params["args"]]))
+            elif event.get("method") == "Log.entryAdded" and params["entry"]["level"] == "error":
+                errors.append(f"{params['entry']['text']} {params['entry'].get('url', '')}")
+        return errors
+
+    def evaluate(self, expression):
+        result = self.call("Runtime.evaluate", session=True, expression=expression,
+                           returnByValue=True)  # fmt: skip
+        return result["result"].get("value")
+
+    def wait_for(self, expression, seconds=30):
+        import time
+
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.evaluate(expression):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"page never satisfied: {expression}")
+
+    def close(self):
+        self.ws.close()
+        self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    browser = Browser(tmp_path_factory.mktemp("chromium-profile"))
+    yield browser
+    browser.close()
+
+
+IMAGES = "[...document.images].filter(i => i.src.startsWith('data:image/png'))"
+LOADED = f"document.readyState === 'complete' && {IMAGES}.every(i => i.complete)"
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_lesson_page_loads_cleanly_and_shows_its_figures(site, browser, lesson):
+    errors = browser.open(f"{site}/notebooks/{lesson}.html", settle_js=LOADED)
+    assert not errors, errors
+    notebook = json.loads((ROOT / "notebooks" / f"{lesson}.ipynb").read_text())
+    figures = sum(
+        "image/png" in o.get("data", {}) for c in notebook["cells"] for o in c.get("outputs", [])
+    )
+    shown = browser.evaluate(f"{IMAGES}.filter(i => i.naturalWidth > 0).length")
+    assert shown == figures, f"{lesson}: {figures} figures in the notebook, {shown} shown"
+    title = browser.evaluate("document.querySelector('h1, h2').textContent")
+    assert title.strip().startswith(lesson[:2]), title
+
+
+def test_math_renders_and_lessons_link_in_order(site, browser):
+    rendered = "document.querySelectorAll('.MathJax_CHTML, .MathJax').length > 0"
+    errors = browser.open(f"{site}/notebooks/02_lora_linear_from_scratch.html", settle_js=rendered)
+    assert not errors, errors
+    next_link = browser.evaluate("document.querySelector('a.md-footer__link--next').href")
+    assert next_link.endswith("03_parameter_arithmetic.html")
+    errors = browser.open(next_link)
+    assert not errors and "03" in browser.evaluate("document.title")
+
+
+def test_home_page_lists_every_lesson_in_order(site, browser):
+    assert not browser.open(f"{site}/index.html")
+    nav = browser.evaluate(
+        "[...document.querySelectorAll('nav a')].map(a => a.getAttribute('href'))"
+        ".filter(h => h && h.includes('notebooks/'))"
+    )
+    found = list(dict.fromkeys(Path(h).stem for h in nav))
+    assert found == LESSONS

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.lora-course-installed
 COURSE_OUT ?= build/course
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: help env course site test notebooks exercises grade bench clean
+.PHONY: help env course site test notebooks exercises grade bench lock clean
 
 help:
 	@echo "make course     run every notebook top to bottom (full mode) into $(COURSE_OUT)/,"
@@ -18,10 +18,11 @@ help:
 	@echo "make grade SUBMISSIONS=folder   grade students' exercise notebooks into grades.csv"
 	@echo "make bench      benchmark scripts (ratios measured side by side)"
 	@echo "make env        only create $(VENV) and install the course into it"
+	@echo "make lock       rewrite constraints.txt from $(VENV) (after changing a dependency)"
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml tools/setup_env.sh
+$(STAMP): pyproject.toml constraints.txt tools/setup_env.sh
 	bash tools/setup_env.sh $(VENV)
 	@touch $@
 
@@ -35,16 +36,22 @@ site: env  # the committed notebooks, rendered
 test:  # sets up $(VENV) itself, as its first timed part
 	@VENV=$(VENV) bash tools/run_tests.sh
 
-notebooks: env
-	$(PY) tools/execute_notebooks.py --inplace $(NOTEBOOKS)
+notebooks: env  # full mode, packaged weights: what the committed outputs come from
+	source tools/course_env.sh && LORA_COURSE_FAST=0 $(PY) tools/execute_notebooks.py --inplace $(NOTEBOOKS)
 
 exercises: env
-	$(PY) tools/execute_notebooks.py --inplace $(sort $(wildcard solutions/*.ipynb))
+	source tools/course_env.sh && $(PY) tools/execute_notebooks.py --inplace $(sort $(wildcard solutions/*.ipynb))
 	$(PY) tools/make_exercises.py
 
 SUBMISSIONS ?= submissions
 grade: env
 	$(PY) -m lora_course.grading $(SUBMISSIONS) --out grades.csv
+
+lock: env  # after changing a dependency: record the versions that now produce the outputs
+	{ echo "# Exact versions behind the committed notebook outputs; tools/setup_env.sh installs with"; \
+	  echo "# them. torch is chosen per machine (see README). Regenerate with \`make lock\`."; \
+	  $(PY) -m pip freeze --exclude-editable --disable-pip-version-check | \
+	  grep -viE '^(torch|triton|nvidia-[a-z0-9-]+|lora-course)=='; } > constraints.txt
 
 bench: env
 	$(PY) benchmarks/bench_lora_layer.py

@@ -18,17 +18,13 @@ import torch
 from torch import nn
 
 from lora_course import LoRALinear, peft_lora_linear
+from lora_course.architectures import build_config
+from lora_course.counting import projection_shapes
+from lora_course.targets import PROJECTIONS
 
-# (name, in_features, out_features) of one SmolLM2-135M decoder block
-SMOLLM2_LAYERS = [
-    ("q_proj", 576, 576),
-    ("k_proj", 576, 192),
-    ("v_proj", 576, 192),
-    ("o_proj", 576, 576),
-    ("gate_proj", 576, 1536),
-    ("up_proj", 576, 1536),
-    ("down_proj", 1536, 576),
-]
+# (name, in_features, out_features) of one SmolLM2-135M decoder block: q_proj 576 -> 576, ...
+_SHAPES = projection_shapes(build_config("SmolLM2-135M"))
+SMOLLM2_LAYERS = [(name, *_SHAPES[name]) for name in PROJECTIONS]
 
 
 def make_pair(in_features: int, out_features: int, r: int):

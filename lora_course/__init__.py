@@ -3,12 +3,19 @@
 Each object's docstring names the notebook that introduces it.
 """
 
-from .adapters import base_fingerprint, load_adapter, save_adapter
+from .adapters import (
+    AdapterMismatchError,
+    base_fingerprint,
+    check_adapter_fits,
+    export_peft_adapter,
+    load_peft_adapter,
+    save_peft_adapter,
+)
 from .chat import chat_input_ids, generate_reply
 from .counting import ParamCount, count_parameters
 from .devices import Precision, choose_precision, describe_runtime, start_lesson
 from .inject import InjectionReport, inject_lora, lora_layers
-from .layers import LoRALinear
+from .layers import LoRALinear, peft_lora_linear
 from .models import (
     HUB_ID,
     ModelNotAvailableError,
@@ -17,10 +24,10 @@ from .models import (
     resolve_source,
     tiny_llama,
 )
-from .peft_interop import export_peft_adapter, peft_lora_linear
 from .settings import by_mode, cache_dir, fast_mode
 
 __all__ = [
+    "AdapterMismatchError",
     "HUB_ID",
     "InjectionReport",
     "LoRALinear",
@@ -32,6 +39,7 @@ __all__ = [
     "by_mode",
     "cache_dir",
     "chat_input_ids",
+    "check_adapter_fits",
     "choose_precision",
     "count_parameters",
     "describe_runtime",
@@ -39,12 +47,12 @@ __all__ = [
     "fast_mode",
     "generate_reply",
     "inject_lora",
-    "load_adapter",
+    "load_peft_adapter",
     "load_smollm2",
     "lora_layers",
     "peft_lora_linear",
     "resolve_source",
-    "save_adapter",
+    "save_peft_adapter",
     "start_lesson",
     "tiny_llama",
 ]

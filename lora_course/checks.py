@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .counting import lora_parameters, projection_shapes
+from .targets import ATTENTION, MLP, PROJECTIONS, TARGET_PRESETS
 
 
 def _close(a, b, tol: float = 1e-5) -> bool:
@@ -257,7 +258,7 @@ def check_lora_parameters_for_config(count_fn, config, hidden: bool = False) -> 
     if hidden:
         cases = [(("k_proj", "v_proj"), 16), (("q_proj", "o_proj", "up_proj"), 4)]
     else:
-        cases = [(("q_proj", "v_proj"), 8), (("q_proj", "k_proj", "v_proj", "o_proj"), 8)]
+        cases = [(TARGET_PRESETS["q, v"], 8), (ATTENTION, 8)]
     shapes = projection_shapes(config)
     kv_width = shapes["k_proj"][1]
     for targets, r in cases:
@@ -421,7 +422,7 @@ def check_rank_for_budget(rank_for_budget, config, hidden: bool = False) -> None
 
     budgets = [1_843_200, 500_000] if not hidden else [2_000_000, 100_000]
     for budget in budgets:
-        for targets in (["q_proj", "v_proj"], ["gate_proj", "up_proj", "down_proj"]):
+        for targets in (list(TARGET_PRESETS["q, v"]), list(MLP)):
             got, want = rank_for_budget(config, targets, budget), reference(config, targets, budget)
             _require(
                 got == want,
@@ -432,8 +433,7 @@ def check_rank_for_budget(rank_for_budget, config, hidden: bool = False) -> None
 
 def check_plan_adapter(plan_adapter, config, hidden: bool = False) -> None:
     """Exercise 06.2: the most module types at rank >= min_rank within a budget."""
-    order = [("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-             ("q_proj", "k_proj", "v_proj", "o_proj"), ("q_proj", "v_proj")]  # fmt: skip
+    order = [PROJECTIONS, ATTENTION, TARGET_PRESETS["q, v"]]  # most module types first
     budgets = [3_000_000, 1_000_000, 300_000] if not hidden else [10_000_000, 600_000]
     for budget in budgets:
         targets, r = plan_adapter(config, budget, min_rank=4)
@@ -458,7 +458,7 @@ def check_plan_adapter(plan_adapter, config, hidden: bool = False) -> None:
 def check_mlp_share(mlp_share, config, hidden: bool = False) -> None:
     """Exercise 06.3: the fraction of a block's linear-layer weights that sit in the MLP."""
     shapes = projection_shapes(config)
-    mlp = sum(i * o for t, (i, o) in shapes.items() if t in ("gate_proj", "up_proj", "down_proj"))
+    mlp = sum(i * o for t, (i, o) in shapes.items() if t in MLP)
     want = mlp / sum(i * o for i, o in shapes.values())
     got = float(mlp_share(config))
     full_width = (
@@ -480,7 +480,7 @@ def check_mlp_share(mlp_share, config, hidden: bool = False) -> None:
 
 def check_merged_weight(merged_weight, hidden: bool = False) -> None:
     """Exercise 07.1: W0 + (alpha / r) B A, checked against PEFT's own merge."""
-    from .peft_interop import peft_lora_linear
+    from .layers import peft_lora_linear
 
     torch.manual_seed(_seed(hidden))
     n_in, n_out, r, alpha = (10, 6, 3, 12) if hidden else (8, 8, 2, 16)
@@ -502,27 +502,27 @@ def check_merged_weight(merged_weight, hidden: bool = False) -> None:
         raise AssertionError("merged weight differs from PEFT's merge: W0 + (alpha / r) * B @ A")
 
 
-def check_adapter_fits(adapter_fits, hidden: bool = False) -> None:
+def check_adapter_shapes_fit(adapter_shapes_fit, hidden: bool = False) -> None:
     """Exercise 07.2: an adapter fits if each A is (r, in) and each B is (out, r) of its module."""
     from .models import tiny_llama
 
     model = tiny_llama(seed=0)  # hidden 64, k_proj/v_proj 64 -> 32 (grouped-query attention)
     good = {"model.layers.0.self_attn.q_proj": ((4, 64), (64, 4)),
             "model.layers.1.self_attn.v_proj": ((4, 64), (32, 4))}  # fmt: skip
-    _require(adapter_fits(good, model) is True, "a matching adapter must fit")
+    _require(adapter_shapes_fit(good, model) is True, "a matching adapter must fit")
     gqa = {**good, "model.layers.1.self_attn.v_proj": ((4, 64), (64, 4))}
     _require(
-        adapter_fits(gqa, model) is False,
+        adapter_shapes_fit(gqa, model) is False,
         "v_proj outputs 32 features here (grouped-query attention): a B of 64 rows must not fit",
     )
     missing = {**good, "model.layers.9.self_attn.q_proj": ((4, 64), (64, 4))}
     _require(
-        adapter_fits(missing, model) is False,
+        adapter_shapes_fit(missing, model) is False,
         "a module the model does not have (layer 9 of 2) must not fit",
     )
     if hidden:
         wrong_in = {"model.layers.0.mlp.down_proj": ((4, 64), (64, 4))}  # down_proj: 128 -> 64
-        _require(adapter_fits(wrong_in, model) is False, "A's width must equal in_features")
+        _require(adapter_shapes_fit(wrong_in, model) is False, "A's width must equal in_features")
 
 
 def check_changed_parameters(changed_parameters, hidden: bool = False) -> None:

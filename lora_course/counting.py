@@ -32,12 +32,10 @@ def count_parameters(model: nn.Module) -> ParamCount:
     return ParamCount(trainable, sum(p.numel() for p in params))
 
 
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-TARGET_PRESETS = {  # the three choices compared in notebooks 03 and 06
-    "q, v": ("q_proj", "v_proj"),
-    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "all linear": PROJECTIONS,
-}
+# model_type values whose decoder blocks have exactly the seven separate projections of
+# lora_course.targets.PROJECTIONS, shaped as projection_shapes says (checked in transformers'
+# modeling_llama.py, modeling_mistral.py and modeling_qwen2.py)
+LLAMA_STYLE_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
 def lora_pair_parameters(in_features: int, out_features: int, r: int) -> int:
@@ -50,7 +48,18 @@ def projection_shapes(config) -> dict[str, tuple[int, int]]:
 
     Grouped-query attention: k_proj and v_proj output num_key_value_heads * head_dim, which is
     narrower than q_proj's num_attention_heads * head_dim whenever there are fewer KV heads.
+    Any other architecture is refused: its layers may be fused (Phi-3's qkv_proj) or shaped
+    otherwise, and a count from these formulas would be silently wrong.
     """
+    model_type = getattr(config, "model_type", None)
+    if model_type not in LLAMA_STYLE_MODEL_TYPES:
+        raise ValueError(
+            "lora_parameters and projection_shapes count from a config only for Llama-style "
+            f"blocks (model_type {', '.join(LLAMA_STYLE_MODEL_TYPES)}: separate q/k/v/o and "
+            f"gate/up/down projections); model_type {model_type!r} may fuse or reshape them. "
+            "Count on a meta model instead: count_lora_parameters(meta_model(config), targets, r) "
+            "(lora_course.counting, lora_course.architectures)."
+        )
     hidden, inter = config.hidden_size, config.intermediate_size
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
     q_width = config.num_attention_heads * head_dim
@@ -67,13 +76,38 @@ def projection_shapes(config) -> dict[str, tuple[int, int]]:
 
 
 def lora_parameters(config, targets, r: int) -> int:
-    """Trainable LoRA parameters for `targets` (projection names) at rank r, from a config."""
+    """Trainable LoRA parameters for `targets` (projection names) at rank r, from a config.
+
+    Llama-style configs only (see projection_shapes); count_lora_parameters counts any model.
+    """
     shapes = projection_shapes(config)
     unknown = sorted(set(targets) - set(shapes))
     if unknown:
         raise ValueError(f"unknown projections {unknown}; choose from {', '.join(shapes)}")
     per_block = sum(lora_pair_parameters(*shapes[t], r) for t in targets)
     return config.num_hidden_layers * per_block
+
+
+def count_lora_parameters(model: nn.Module, targets, r: int) -> int:
+    """Trainable LoRA parameters for `targets` at rank r, walking the linear layers (notebook 03).
+
+    Works for any architecture, and on the `meta` device, where a model has shapes but no memory
+    (lora_course.architectures.meta_model). A target names every nn.Linear whose module name ends
+    with it, as PEFT's target_modules does; each adds r * (in + out).
+    """
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    if not targets:
+        raise ValueError("targets is empty: name at least one linear layer, e.g. ['q_proj']")
+    linear = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    hits = {t: {n for n in linear if n == t or n.endswith(f".{t}")} for t in targets}
+    missing = [t for t, names in hits.items() if not names]
+    if missing:
+        kinds = sorted({name.rsplit(".", 1)[-1] for name in linear})
+        raise ValueError(f"{missing} match no linear layer; this model's are: {', '.join(kinds)}")
+    adapted = set().union(*hits.values())  # a layer named by two targets is adapted once
+    return sum(
+        lora_pair_parameters(linear[n].in_features, linear[n].out_features, r) for n in adapted
+    )
 
 
 def rank_for_budget(config, targets, budget: int) -> int:

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .chat import chat_input_ids
+from .tasks import get_task
 
 
 @dataclass
@@ -19,7 +20,7 @@ class TaskScore:
     """Accuracy of one model on one task's examples, with every prediction kept."""
 
     task: str
-    accuracy: float  # fraction of examples whose main metric holds (tickets: exact; sql: correct)
+    accuracy: float  # rate of the task's main metric (tickets: exact; sql: correct)
     rates: dict[str, float]  # fraction true for every scored field
     predictions: list[str]
 
@@ -67,17 +68,14 @@ def evaluate_task(
     model, tokenizer, rows, task: str, batch_size: int = 16, progress: bool = True
 ) -> TaskScore:
     """Generate an answer for every row of a task split and score it with the task's scorer."""
-    from .data import TASKS
-
-    module = TASKS[task]
-    prompts = [row[module.INPUT_FIELD] for row in rows]
+    spec = get_task(task)
+    prompts = [row[spec.input_field] for row in rows]
     predictions = generate_batch(
-        model, tokenizer, prompts, module.SYSTEM_PROMPT, batch_size=batch_size, progress=progress
+        model, tokenizer, prompts, spec.system_prompt, batch_size=batch_size, progress=progress
     )
-    scores = [module.score(p, row["answer"]) for p, row in zip(predictions, rows, strict=True)]
+    scores = [spec.score(p, row["answer"]) for p, row in zip(predictions, rows, strict=True)]
     rates = {key: sum(s[key] for s in scores) / len(scores) for key in scores[0]}
-    accuracy = sum(module.main_metric(s) for s in scores) / len(scores)
-    return TaskScore(task, accuracy, rates, predictions)
+    return TaskScore(task, rates[spec.main_metric], rates, predictions)
 
 
 @torch.no_grad()

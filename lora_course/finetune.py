@@ -1,7 +1,8 @@
 """Fine-tuning SmolLM2 with PEFT and transformers' Trainer (notebook 05; reused by 06 and 07).
 
-`FinetuneConfig.for_runtime` picks steps, batch size and evaluation size per device (GPU
-workshop, CPU full run, CPU fast mode for CI); `make_trainer` builds the Trainer; `fine_tune`
+`FinetuneConfig.for_runtime` picks steps, batch size and evaluation size from `WORKLOADS`: per
+workload (notebook 05's recipe, notebook 06's shorter comparison runs) and per runtime (GPU
+workshop, CPU full run, fast mode for CI); `make_trainer` builds the Trainer; `fine_tune`
 is the whole recipe; `cached_adapter` trains an adapter once per (task, recipe, base model) and
 keeps it in the course cache, so notebook 07 never depends on notebook 05 having run.
 """
@@ -17,13 +18,44 @@ from pathlib import Path
 
 import torch
 
-from .counting import PROJECTIONS, TARGET_PRESETS
 from .data import collate
 from .devices import Precision, choose_precision
-from .settings import cache_dir, fast_mode
+from .settings import cache_dir, display_path, fast_mode
+from .targets import PROJECTIONS
+from .tasks import get_task
 
-ATTENTION = TARGET_PRESETS["attention"]
-MLP = tuple(p for p in PROJECTIONS if p not in ATTENTION)  # gate_proj, up_proj, down_proj
+
+@dataclass(frozen=True)
+class Workload:
+    """How long one fine-tune trains and how many test examples it is scored on."""
+
+    steps: int
+    batch_size: int
+    eval_examples: int
+
+
+# name: sizes per runtime. "fast" (LORA_COURSE_FAST=1, CI) wins over the device, so a CI run on
+# a GPU machine stays small; "cuda" is the workshop GPU; "cpu" is a full run on a laptop.
+WORKLOADS = {
+    "recipe": {  # notebook 05's fine-tune, reused by notebook 07: the task learned well
+        "cuda": Workload(steps=300, batch_size=32, eval_examples=200),
+        "cpu": Workload(steps=100, batch_size=8, eval_examples=200),
+        "fast": Workload(steps=12, batch_size=4, eval_examples=16),
+    },
+    "comparison": {  # notebook 06's eight runs: short, so accuracies stay off the ceiling
+        "cuda": Workload(steps=150, batch_size=16, eval_examples=200),  # the whole test split
+        "cpu": Workload(steps=60, batch_size=4, eval_examples=100),
+        "fast": Workload(steps=3, batch_size=2, eval_examples=4),
+    },
+}
+
+
+def workload_sizes(workload: str, precision: Precision) -> Workload:
+    """The sizes of `workload` on this runtime: fast mode first, then the device."""
+    if workload not in WORKLOADS:
+        raise ValueError(f"unknown workload {workload!r}; choose from {', '.join(WORKLOADS)}")
+    runtime = "fast" if fast_mode() else "cuda" if precision.device == "cuda" else "cpu"
+    return WORKLOADS[workload][runtime]
 
 
 @dataclass(frozen=True)
@@ -31,7 +63,7 @@ class FinetuneConfig:
     """One LoRA fine-tuning recipe: what to adapt, how large, how long (notebook 05)."""
 
     task: str = "tickets"
-    targets: tuple[str, ...] = ATTENTION + MLP
+    targets: tuple[str, ...] = PROJECTIONS  # all linear layers
     r: int = 8
     alpha: float = 16
     lr: float = 2e-3
@@ -41,10 +73,7 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        from .data import TASKS
-
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
+        get_task(self.task)  # a ValueError naming the known tasks
         unknown = sorted(set(self.targets) - set(PROJECTIONS))
         if not self.targets or unknown:
             raise ValueError(f"targets must be among {', '.join(PROJECTIONS)}; got {unknown}")
@@ -55,16 +84,16 @@ class FinetuneConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
     @classmethod
-    def for_runtime(cls, task: str = "tickets", precision: Precision | None = None, **overrides):
-        """The recipe for this machine: GPU workshop, CPU full run, or CPU fast mode (CI)."""
-        precision = precision or choose_precision()
-        if precision.device == "cuda":
-            sizes = {"steps": 300, "batch_size": 32, "eval_examples": 200}
-        elif fast_mode():
-            sizes = {"steps": 12, "batch_size": 4, "eval_examples": 16}
-        else:
-            sizes = {"steps": 100, "batch_size": 8, "eval_examples": 200}
-        return cls(task=task, **{**sizes, **overrides})
+    def for_runtime(
+        cls,
+        task: str = "tickets",
+        precision: Precision | None = None,
+        workload: str = "recipe",
+        **overrides,
+    ):
+        """`workload`'s recipe for this machine: fast mode (CI), GPU workshop or CPU full run."""
+        sizes = workload_sizes(workload, precision or choose_precision())
+        return cls(task=task, **{**dataclasses.asdict(sizes), **overrides})
 
     def lora_config(self):
         """The PEFT LoraConfig of this recipe."""
@@ -133,7 +162,7 @@ def make_trainer(
 
 
 def out_of_memory_advice(config: FinetuneConfig) -> str:
-    """What to lower when a fine-tune does not fit in GPU memory (notebook 05)."""
+    """What to lower when a fine-tune does not fit in GPU memory (the error `fine_tune` raises)."""
     smaller = max(1, config.batch_size // 2)
     return (
         f"the GPU ran out of memory at batch_size={config.batch_size}. Lower it, e.g. "
@@ -157,12 +186,12 @@ def fine_tune(model, tokenizer, config: FinetuneConfig, precision: Precision | N
 
     from peft import get_peft_model
 
-    from .data import load_task, tokenize_task
+    from .data import tokenized_task
 
     precision = precision or choose_precision()
     torch.manual_seed(config.seed)  # the same A initialization for the same recipe
     peft_model = get_peft_model(model, config.lora_config())
-    train_rows = tokenize_task(load_task(config.task), tokenizer, config.task)["train"]
+    train_rows = tokenized_task(config.task, tokenizer)["train"]  # tokenized once per tokenizer
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = make_trainer(peft_model, tokenizer, train_rows, config, precision, output_dir)
         start = time.perf_counter()
@@ -181,9 +210,9 @@ def adapter_folder(model, config: FinetuneConfig, cache: str | Path | None = Non
     The name holds the recipe's key and the base model's fingerprint, so an adapter is only
     ever reused on the base it was trained on.
     """
-    from .guard import base_fingerprint_of
+    from .adapters import base_fingerprint
 
-    fingerprint = base_fingerprint_of(model).removeprefix("sha256:")
+    fingerprint = base_fingerprint(model).removeprefix("sha256:")
     return Path(cache or cache_dir() / "adapters") / f"{config.task}-{config.key()}-{fingerprint}"
 
 
@@ -194,13 +223,16 @@ def cached_adapter(model, tokenizer, config: FinetuneConfig, cache: str | Path |
     """
     import copy
 
-    from .guard import save_peft_adapter
+    from .adapters import save_peft_adapter
 
     folder = adapter_folder(model, config, cache)
     if (folder / "adapter_config.json").is_file():
-        print(f"cached adapter: {folder}")
+        print(f"cached adapter: {display_path(folder)}")
         return folder
-    print(f"training the {config.task} adapter ({config.steps} steps); it is cached in {folder}")
+    print(
+        f"training the {config.task} adapter ({config.steps} steps); "
+        f"it is cached in {display_path(folder)}"
+    )
     peft_model, losses, seconds_per_step = fine_tune(copy.deepcopy(model), tokenizer, config)
     save_peft_adapter(peft_model, folder, base=model)
     summary = {

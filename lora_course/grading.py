@@ -62,7 +62,7 @@ EXERCISES: dict[str, list[tuple[str, str, str | None]]] = {
     ],
     "07": [
         ("07.1", "check_merged_weight(merged_weight)", "hidden=True"),
-        ("07.2", "check_adapter_fits(adapter_fits)", "hidden=True"),
+        ("07.2", "check_adapter_shapes_fit(adapter_shapes_fit)", "hidden=True"),
         ("07.3", "check_changed_parameters(changed_parameters)", "hidden=True"),
     ],
 }

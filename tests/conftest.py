@@ -31,11 +31,26 @@ def randomize_lora(model, seed: int = 1, std: float = 0.5):
 
 
 @pytest.fixture(scope="session")
-def smollm2_tokenizer():
-    """The real SmolLM2 tokenizer (from the course's model cache; converted on first use)."""
-    from lora_course import load_smollm2
+def smollm2_folder():
+    """The packaged GGUF converted to safetensors: once per test run, in the course cache.
 
-    return load_smollm2(verbose=False)[1]
+    `make test` points $LORA_COURSE_CACHE at a folder made fresh for each run, so the
+    conversion is exercised every run, once, and the notebooks then reuse it.
+    """
+    from lora_course import models
+
+    reason, gguf = models._packaged_gguf()
+    if gguf is None:
+        pytest.fail(f"the packaged SmolLM2 is needed: {reason} ({models.INSTALL_GGUF})")
+    return models._converted_gguf(gguf, cache=None)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_folder):
+    """The real SmolLM2 tokenizer alone, read from the converted folder (no model weights)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_folder, local_files_only=True)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from torch import nn
 from lora_course import checks
 from lora_course.architectures import build_config
 from lora_course.counting import lora_parameters, projection_shapes, rank_for_budget
+from lora_course.targets import ATTENTION, MLP, PROJECTIONS, TARGET_PRESETS
 
 SMOLLM2 = build_config("SmolLM2-135M")
 
@@ -220,8 +221,7 @@ def test_budget_and_plan_checks():
             lambda c, t, b: b // lora_parameters(c, t, 1), SMOLLM2
         )  # rounds down: not the closest for every budget
 
-    order = [("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-             ("q_proj", "k_proj", "v_proj", "o_proj"), ("q_proj", "v_proj")]  # fmt: skip
+    order = [PROJECTIONS, ATTENTION, TARGET_PRESETS["q, v"]]
 
     def plan(config, budget, min_rank):
         for targets in order:
@@ -250,9 +250,9 @@ def test_merge_and_fit_checks():
                 return False
         return True
 
-    checks.check_adapter_fits(fits, hidden=True)
+    checks.check_adapter_shapes_fit(fits, hidden=True)
     with pytest.raises(AssertionError, match="grouped-query attention"):
-        checks.check_adapter_fits(lambda s, m: fits(s, m, check_out=False))
+        checks.check_adapter_shapes_fit(lambda s, m: fits(s, m, check_out=False))
 
 
 def test_alpha_predictions():
@@ -272,7 +272,7 @@ def test_rslora_mlp_share_and_changed_parameter_checks():
         shapes = projection_shapes(config)
         sizes = {t: i * (o if gqa or t not in ("k_proj", "v_proj") else config.hidden_size)
                  for t, (i, o) in shapes.items()}  # fmt: skip
-        return sum(sizes[t] for t in ("gate_proj", "up_proj", "down_proj")) / sum(sizes.values())
+        return sum(sizes[t] for t in MLP) / sum(sizes.values())
 
     checks.check_mlp_share(share, SMOLLM2)
     with pytest.raises(AssertionError, match="full width"):

@@ -1,9 +1,30 @@
 """The device/precision policy, tested through its decisions (no GPU needed)."""
 
+import warnings
+
 import pytest
 import torch
 
 from lora_course import choose_precision
+
+
+def autocast_settings(precision):
+    """(device, dtype) the autocast context is built with, or None when it is a no-op.
+
+    Without a GPU, torch disables a CUDA autocast with a warning but keeps its settings.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        context = precision.autocast()
+    if not isinstance(context, torch.autocast):
+        return None
+    return context.device, context.fast_dtype
+
+
+def scaler_enabled(precision, monkeypatch):
+    """Whether the GradScaler is on; CUDA is faked so a CPU-only torch keeps what it was told."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    return precision.grad_scaler().is_enabled()
 
 
 def test_cpu_trains_in_fp32_without_loss_scaling():
@@ -16,33 +37,53 @@ def test_cpu_trains_in_fp32_without_loss_scaling():
     )
     assert p.trainer_kwargs == {"bf16": False, "fp16": False}
     assert not p.grad_scaler().is_enabled()
+    assert autocast_settings(p) is None
 
 
-@pytest.mark.parametrize(("name", "capability"), [("A100", (8, 0)), ("H100", (9, 0))])
-def test_ampere_and_newer_use_bf16(name, capability):
+@pytest.mark.parametrize(
+    ("name", "capability"), [("NVIDIA A100", (8, 0)), ("NVIDIA L4", (8, 9)), ("H100", (9, 0))]
+)
+def test_ampere_and_newer_use_bf16(name, capability, monkeypatch):
     p = choose_precision(cuda_available=True, capability=capability, device_name=name)
     assert p.device == "cuda"
     assert p.weight_dtype == p.compute_dtype == torch.bfloat16
     assert not p.loss_scaling, "bf16 has fp32's exponent range: no loss scaling"
     assert p.trainer_kwargs == {"bf16": True, "fp16": False}
+    assert autocast_settings(p) == ("cuda", torch.bfloat16)
+    assert not scaler_enabled(p, monkeypatch)
 
 
-def test_t4_uses_fp16_with_loss_scaling_and_never_bf16():
+def test_t4_uses_fp16_with_loss_scaling_and_never_bf16(monkeypatch):
     p = choose_precision(cuda_available=True, capability=(7, 5), device_name="Tesla T4")
     assert p.compute_dtype == torch.float16 and p.loss_scaling
     assert p.weight_dtype == torch.float32, "fp32 master weights; fp16 only inside autocast"
     assert p.trainer_kwargs == {"bf16": False, "fp16": True}
+    assert autocast_settings(p) == ("cuda", torch.float16)
+    assert scaler_enabled(p, monkeypatch)
     assert "Tesla T4" in str(p) and "loss scaling on" in str(p)
 
 
 def test_very_old_gpus_fall_back_to_fp32():
     p = choose_precision(cuda_available=True, capability=(5, 2), device_name="Tesla M60")
     assert p.device == "cuda" and p.compute_dtype == torch.float32 and not p.loss_scaling
+    assert autocast_settings(p) is None
 
 
-def test_this_machine_gets_the_policy_for_its_hardware():
+@pytest.mark.parametrize(
+    ("gpu", "capability", "compute_dtype"),
+    [("Tesla T4", (7, 5), torch.float16), ("NVIDIA H100 80GB HBM3", (9, 0), torch.bfloat16)],
+)
+def test_without_arguments_the_gpus_capability_decides(gpu, capability, compute_dtype, monkeypatch):
+    """The T4 trap: torch says bf16 is supported there (emulated, slow); the policy must not ask."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: gpu)
     p = choose_precision()
-    assert p.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert (p.device, p.compute_dtype) == ("cuda", compute_dtype)
+    assert gpu in str(p)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_precision().device == "cpu"
 
 
 def test_autocast_is_a_no_op_in_fp32():

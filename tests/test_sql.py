@@ -1,11 +1,12 @@
 """The question -> SQL task: shipped files, held-out phrasings, scoring by executing the queries."""
 
+import random
 import re
 
 import pytest
 
-from lora_course import sql
 from lora_course.data import load_task
+from lora_course.tasks import sql
 
 
 def test_no_test_question_is_a_training_question_with_another_prefix():
@@ -14,7 +15,7 @@ def test_no_test_question_is_a_training_question_with_another_prefix():
     for split, found in bodies.items():
         assert all(sql.held_out(body) == (split != "train") for body in found), split
     assert not {b.lower() for b in bodies["train"]} & {b.lower() for b in bodies["test"]}
-    assert {s: len(data[s]) for s in data} == {s: n for s, (n, _) in sql.SPLITS.items()}
+    assert {s: len(data[s]) for s in data} == {s: n for s, (n, _) in sql.TASK.splits.items()}
 
 
 def _body(question: str) -> str:
@@ -63,3 +64,15 @@ def test_bad_predictions_fail_without_harming_the_database(prediction):
         "correct": False,
     }
     assert sql.run_query("SELECT COUNT(*) FROM customers") == [(len(sql.NAMES),)]
+
+
+def test_a_rejected_draw_uses_the_same_random_numbers_as_an_accepted_one():
+    # the held-out and informative-rows filters must not consume randomness: the files depend on it
+    accepted = set()
+    for seed in range(20):
+        train_rng, test_rng = random.Random(seed), random.Random(seed)
+        for_train, for_test = sql.draw(train_rng, "train"), sql.draw(test_rng, "test")
+        assert train_rng.getstate() == test_rng.getstate()
+        assert for_train is None or for_test is None  # a body is held out or it is not
+        accepted |= {split for split, x in (("train", for_train), ("test", for_test)) if x}
+    assert accepted == {"train", "test"}

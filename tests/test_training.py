@@ -5,6 +5,7 @@ import torch
 
 from lora_course import inject_lora
 from lora_course.data import collate
+from lora_course.devices import Precision
 from lora_course.training import evaluate_loss, run_lora, train
 
 
@@ -59,3 +60,16 @@ def test_run_lora_leaves_the_base_untouched_and_is_reproducible(base, rows):
 def test_a_batch_larger_than_the_data_is_refused(base, rows):
     with pytest.raises(ValueError, match="between 1 and the 8 rows, got 9"):
         train(base, rows, steps=1, lr=1e-3, pad_id=0, batch_size=9, progress=False)
+
+
+@pytest.mark.parametrize("compute_dtype", [torch.float32, torch.bfloat16])
+def test_train_runs_the_forward_pass_in_the_precisions_compute_dtype(base, rows, compute_dtype):
+    """The hand-written loop enters the policy's autocast (CPU autocast stands in for CUDA's)."""
+    precision = Precision("cpu", torch.float32, compute_dtype, False, "test")
+    inject_lora(base, ["q_proj"], r=2)
+    seen = []
+    base.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    train(base, rows, steps=1, lr=1e-3, pad_id=0, batch_size=4, precision=precision,
+          progress=False)  # fmt: skip
+    assert seen == [compute_dtype]
+    assert base.lm_head.weight.dtype == torch.float32, "weights stay fp32 under autocast"

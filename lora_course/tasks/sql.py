@@ -15,9 +15,8 @@ import sqlite3
 from collections import Counter
 from functools import cache
 
-INPUT_FIELD = "question"
-SYSTEM_PROMPT = "Reply with one SQLite query for the shop database."
-SPLITS = {"train": (2000, 11), "validation": (200, 12), "test": (200, 13)}  # size, seed
+from .task import Task
+
 DATABASE_SEED = 0
 MAX_SQLITE_STEPS = 200_000  # a predicted query that runs longer than this is stopped (a cross join)
 
@@ -155,13 +154,20 @@ PREFIXES = [
 ]  # fmt: skip
 
 
-def make_example(rng: random.Random) -> dict[str, str]:
-    """One example: {'question': text, 'answer': the gold SQL query}."""
-    prefix, body, answer = _draw(rng)
+def draw(rng: random.Random, split: str) -> dict[str, str] | None:
+    """{'question': text, 'answer': gold SQL query} for `split`, or None: not for this split.
+
+    Rejected: a body held out from training drawn for train (or the reverse for validation and
+    test), and a gold query whose result could be matched by accident (empty or NULL rows). Both
+    tests use no random numbers, so a rejection does not change what is drawn next.
+    """
+    prefix, body, answer = _draw_parts(rng)
+    if held_out(body) != (split != "train") or not _informative(run_query(answer)):
+        return None
     return {"question": prefix + body, "answer": answer}
 
 
-def _draw(rng: random.Random) -> tuple[str, str, str]:
+def _draw_parts(rng: random.Random) -> tuple[str, str, str]:
     """(prefix, question body, gold query): the body without its prefix decides the split."""
     intent = rng.choice(list(INTENTS))
     phrasings, query = INTENTS[intent]
@@ -190,23 +196,6 @@ def held_out(body: str) -> bool:
     combine a phrasing seen with other values with values seen in other phrasings.
     """
     return hashlib.sha256(body.lower().encode()).digest()[0] % 4 == 0
-
-
-def make_splits() -> dict[str, list[dict[str, str]]]:
-    """train / validation / test; no question appears twice, within or across splits."""
-    seen, splits = set(), {}
-    for split, (size, seed) in SPLITS.items():
-        rng, examples = random.Random(seed), []
-        while len(examples) < size:
-            prefix, body, answer = _draw(rng)
-            question = prefix + body
-            if question in seen or held_out(body) != (split != "train"):
-                continue
-            if _informative(run_query(answer)):
-                seen.add(question)
-                examples.append({"question": question, "answer": answer})
-        splits[split] = examples
-    return splits
 
 
 def _informative(rows: list[tuple]) -> bool:
@@ -277,6 +266,12 @@ def score(prediction: str, answer: str) -> dict[str, bool]:
     }
 
 
-def main_metric(scores: dict[str, bool]) -> bool:
-    """The one number a notebook reports for this task: the query returns the right rows."""
-    return scores["correct"]
+TASK = Task(
+    name="sql",
+    input_field="question",
+    system_prompt="Reply with one SQLite query for the shop database.",
+    splits={"train": (2000, 11), "validation": (200, 12), "test": (200, 13)},  # size, seed
+    draw=draw,
+    score=score,
+    main_metric="correct",  # the query returns the right rows
+)

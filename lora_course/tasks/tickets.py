@@ -1,7 +1,7 @@
-"""The ticket -> JSON task: support messages in, a fixed-schema JSON object out (notebook 01).
+"""The ticket -> JSON task: support messages in, a fixed-schema JSON object out (notebook 05).
 
 Every example is generated from a seed, so the shipped files in data/tickets/ can be rebuilt and
-checked (`python -m lora_course.tickets`). The messages are made hard on purpose: products are
+checked (`python -m lora_course.data`). The messages are made hard on purpose: products are
 named by paraphrase, a second product that is fine often appears, urgency must be inferred from
 cues, and the order number sits among other numbers (prices, counts, model numbers).
 """
@@ -11,12 +11,9 @@ from __future__ import annotations
 import json
 import random
 
-INPUT_FIELD = "ticket"
-# Short on purpose: every prompt token costs compute in every training step. The allowed values
-# of each field are not listed; the model learns the schema from the training examples.
-SYSTEM_PROMPT = "Reply with the ticket as JSON."
+from .task import Task
+
 FIELDS = ("product", "issue", "urgency", "order_id")
-SPLITS = {"train": (2000, 1), "validation": (200, 2), "test": (200, 3)}  # size, seed
 
 PRODUCTS = {
     "headphones": ["headphones", "wireless earbuds", "noise-cancelling headset", "earphones"],
@@ -129,18 +126,9 @@ def make_example(rng: random.Random) -> dict[str, str]:
     return {"ticket": ticket, "answer": json.dumps(answer)}
 
 
-def make_splits() -> dict[str, list[dict[str, str]]]:
-    """train / validation / test; no message appears twice, within or across splits."""
-    seen, splits = set(), {}
-    for split, (size, seed) in SPLITS.items():
-        rng, examples = random.Random(seed), []
-        while len(examples) < size:
-            example = make_example(rng)
-            if example["ticket"] not in seen:
-                seen.add(example["ticket"])
-                examples.append(example)
-        splits[split] = examples
-    return splits
+def draw(rng: random.Random, split: str) -> dict[str, str]:
+    """One example for any split: train, validation and test share one distribution."""
+    return make_example(rng)
 
 
 def score(prediction: str, answer: str) -> dict[str, bool]:
@@ -156,6 +144,14 @@ def score(prediction: str, answer: str) -> dict[str, bool]:
     return {"valid_json": True, **fields, "exact": all(fields.values())}
 
 
-def main_metric(scores: dict[str, bool]) -> bool:
-    """The one number a notebook reports for this task: every field exactly right."""
-    return scores["exact"]
+TASK = Task(
+    name="tickets",
+    input_field="ticket",
+    # Short on purpose: every prompt token costs compute in every training step. The allowed
+    # values of each field are not listed; the model learns the schema from the training examples.
+    system_prompt="Reply with the ticket as JSON.",
+    splits={"train": (2000, 1), "validation": (200, 2), "test": (200, 3)},  # size, seed
+    draw=draw,
+    score=score,
+    main_metric="exact",  # every field exactly right
+)

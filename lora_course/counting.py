@@ -54,11 +54,10 @@ def projection_shapes(config) -> dict[str, tuple[int, int]]:
     model_type = getattr(config, "model_type", None)
     if model_type not in LLAMA_STYLE_MODEL_TYPES:
         raise ValueError(
-            "lora_parameters and projection_shapes count from a config only for Llama-style "
-            f"blocks (model_type {', '.join(LLAMA_STYLE_MODEL_TYPES)}: separate q/k/v/o and "
-            f"gate/up/down projections); model_type {model_type!r} may fuse or reshape them. "
-            "Count on a meta model instead: count_lora_parameters(meta_model(config), targets, r) "
-            "(lora_course.counting, lora_course.architectures)."
+            f"model_type {model_type!r} is not a Llama-style block (separate q/k/v/o and "
+            f"gate/up/down layers: {', '.join(LLAMA_STYLE_MODEL_TYPES)}), so its count cannot come "
+            "from config fields. Count its layers on the meta device instead: "
+            "count_lora_parameters(meta_model(config), targets, r)"
         )
     hidden, inter = config.hidden_size, config.intermediate_size
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
@@ -91,11 +90,15 @@ def lora_parameters(config, targets, r: int) -> int:
 def count_lora_parameters(model: nn.Module, targets, r: int) -> int:
     """Trainable LoRA parameters for `targets` at rank r, walking the linear layers (notebook 03).
 
-    Works for any architecture, and on the `meta` device, where a model has shapes but no memory
-    (lora_course.architectures.meta_model). A target names every nn.Linear whose module name ends
-    with it, as PEFT's target_modules does; each adds r * (in + out).
+    Works for any model whose adapted layers are nn.Linear, and on the `meta` device, where a model
+    has shapes but no memory (lora_course.architectures.meta_model). `targets` is a list of names
+    matched as PEFT matches a list: a layer is adapted when its whole name, or its last dotted
+    part, equals a target; each adds r * (in + out). Unlike PEFT, a target that matches nothing
+    is an error, not silently skipped.
     """
-    targets = [targets] if isinstance(targets, str) else list(targets)
+    if isinstance(targets, str):  # PEFT reads a string as one regex over the whole name
+        raise TypeError(f"targets must be a list of layer names, like [{targets!r}]")
+    targets = list(targets)
     if not targets:
         raise ValueError("targets is empty: name at least one linear layer, e.g. ['q_proj']")
     linear = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}

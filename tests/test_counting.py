@@ -69,10 +69,13 @@ def test_a_target_that_matches_nothing_lists_the_linear_layers():
         count_lora_parameters(model, ["q_proj", "o_proj"], 8)
     with pytest.raises(ValueError, match="targets is empty"):
         count_lora_parameters(model, [], 8)
-    # a bare name is one target, and a layer named twice is counted once
-    assert count_lora_parameters(model, "o_proj", 8) == count_lora_parameters(
-        model, ["o_proj", "self_attn.o_proj"], 8
-    )
+    with pytest.raises(TypeError, match=r"a list of layer names, like \['o_proj'\]"):
+        count_lora_parameters(model, "o_proj", 8)  # PEFT would read the string as a regex
+    # matched on the last dotted part, as PEFT does: v_proj is not the end of qkv_proj, and a
+    # layer named twice is counted once
+    assert count_lora_parameters(model, ["o_proj", "self_attn.o_proj"], 8) == 32 * 8 * 6144
+    with pytest.raises(ValueError, match=r"\['v_proj', 'up_proj'\] match no linear layer"):
+        count_lora_parameters(model, ["v_proj", "up_proj"], 8)
 
 
 def test_projections_are_a_llama_blocks_linear_layers_in_the_order_they_run():

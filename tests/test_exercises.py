@@ -45,6 +45,7 @@ def test_generated_notebooks_say_so_and_carry_no_outputs():
         assert "### BEGIN SOLUTION" not in nbformat.writes(notebook)
 
 
+@pytest.mark.slow  # a kernel per notebook
 @pytest.mark.parametrize("path", EXERCISES, ids=lambda p: p.name)
 def test_every_check_fails_in_the_untouched_exercise(path, tmp_path):
     from nbclient import NotebookClient

@@ -107,6 +107,7 @@ def tiny_with_tokenizer(smollm2_tokenizer):
     return tiny_llama(seed=0, vocab_size=len(smollm2_tokenizer), max_position_embeddings=256)
 
 
+@pytest.mark.slow  # a real Trainer run
 def test_trainer_recipe_lowers_the_loss_and_trains_only_lora(
     tiny_with_tokenizer, smollm2_tokenizer
 ):

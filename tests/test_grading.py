@@ -9,6 +9,8 @@ import pytest
 
 from lora_course import grading
 
+pytestmark = pytest.mark.slow  # every fixture submission runs in its own kernel
+
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = ROOT / "solutions" / "03_parameter_arithmetic.ipynb"
 

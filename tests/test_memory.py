@@ -64,6 +64,7 @@ def test_full_lora_and_qlora_charge_what_the_docstring_says(config):
         estimate_training_memory(config, "dora", 1000, 10, batch=1, seq=8)
 
 
+@pytest.mark.slow  # a subprocess that trains
 def test_probe_measures_its_own_process_not_its_parent():
     """A parent holding a lot of memory must not inflate or hide the child's measurement."""
     ballast = torch.ones(250_000_000)  # 1 GB in this process

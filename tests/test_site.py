@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MISSING = "Chromium is not installed (apt-get install chromium); .ci/run installs it"
 IN_CI = os.environ.get("CI", "").lower() == "true"
-pytestmark = pytest.mark.skipif(CHROMIUM is None and not IN_CI, reason=MISSING)
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None and not IN_CI, reason=MISSING)]
 LESSONS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every check of the course, in order, each part timed: set-up, lint, unit tests, notebooks
-# (nbval). `make test` runs this script.
+# Every check of the course, in order, each part timed: set-up, lint, model weights, unit tests,
+# notebooks (nbval). `make test` runs this script; notebooks/README.md sets each part's budget.
 set -uo pipefail
 
 venv=${VENV:-.venv}
@@ -9,11 +9,12 @@ export PATH="$PWD/$venv/bin:$PATH"
 # so that their outputs compare with the committed ones on every machine (tools/course_env.sh).
 source tools/course_env.sh
 export LORA_COURSE_FAST=1
-# A cache made fresh for every run: the GGUF is converted once (by the unit tests' fixture) and
-# the notebooks' adapters are trained once, so no run depends on what an earlier one left.
+# A cache made fresh for every run: the GGUF is converted once (the "model weights" part) and the
+# notebooks' adapters are trained within the run, so no run depends on what an earlier one left.
 export LORA_COURSE_CACHE="$PWD/build/test-cache"
 rm -rf "$LORA_COURSE_CACHE"
 notebook_dirs=(notebooks solutions)  # exercises/ are checked by tests/test_exercises.py
+jobs=${TEST_JOBS:-$(nproc)}
 
 names=() times=() results=()
 run_part() {
@@ -35,9 +36,14 @@ fi
 run_part "lint" ruff check lora_course tests tools benchmarks exercises "${notebook_dirs[@]}"
 run_part "format" ruff format --check lora_course tests tools benchmarks exercises "${notebook_dirs[@]}"
 run_part "exercises generated" python tools/make_exercises.py --check
-run_part "unit tests" python -m pytest tests
-run_part "notebooks (nbval)" python -m pytest -p no:cacheprovider --nbval --nbval-current-env \
-  --nbval-sanitize-with .ci/nbval_sanitize.cfg --nbval-cell-timeout=900 "${notebook_dirs[@]}"
+# The GGUF -> safetensors conversion, once per run, into the fresh cache: tests and notebooks reuse it.
+run_part "model weights" python -m lora_course.models
+# Both pytest runs use every core (pytest-xdist): a test module, or a notebook, stays on one worker.
+run_part "unit tests" python -m pytest tests -p no:cacheprovider -n "$jobs" --dist loadscope \
+  --durations=10
+run_part "notebooks (nbval)" python -m pytest -p no:cacheprovider -n "$jobs" --dist loadfile \
+  --nbval --nbval-current-env --nbval-sanitize-with .ci/nbval_sanitize.cfg \
+  --nbval-cell-timeout=900 --durations=10 "${notebook_dirs[@]}"
 
 echo
 echo "==== timings"

@@ -38,12 +38,13 @@ run_part "format" ruff format --check lora_course tests tools benchmarks exercis
 run_part "exercises generated" python tools/make_exercises.py --check
 # The GGUF -> safetensors conversion, once per run, into the fresh cache: tests and notebooks reuse it.
 run_part "model weights" python -m lora_course.models
-# Both pytest runs use every core (pytest-xdist): a test module, or a notebook, stays on one worker.
+# Unit tests use every core (pytest-xdist; a test module stays on one worker). The notebooks run
+# one at a time: two kernels that each run torch on both cores slowed each other down >10x here.
 run_part "unit tests" python -m pytest tests -p no:cacheprovider -n "$jobs" --dist loadscope \
   --durations=10
-run_part "notebooks (nbval)" python -m pytest -p no:cacheprovider -n "$jobs" --dist loadfile \
-  --nbval --nbval-current-env --nbval-sanitize-with .ci/nbval_sanitize.cfg \
-  --nbval-cell-timeout=900 --durations=10 "${notebook_dirs[@]}"
+run_part "notebooks (nbval)" python -m pytest -p no:cacheprovider --nbval --nbval-current-env \
+  --nbval-sanitize-with .ci/nbval_sanitize.cfg --nbval-cell-timeout=900 --durations=10 \
+  "${notebook_dirs[@]}"
 
 echo
 echo "==== timings"

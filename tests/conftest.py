@@ -32,10 +32,10 @@ def randomize_lora(model, seed: int = 1, std: float = 0.5):
 
 @pytest.fixture(scope="session")
 def smollm2_folder():
-    """The packaged GGUF converted to safetensors: once per test run, in the course cache.
+    """The packaged GGUF converted to safetensors, in the course cache (converted if missing).
 
-    `make test` points $LORA_COURSE_CACHE at a folder made fresh for each run, so the
-    conversion is exercised every run, once, and the notebooks then reuse it.
+    `make test` converts it once per run into a fresh $LORA_COURSE_CACHE (its "model weights"
+    part, the same `_converted_gguf`), so here it is found; the notebooks then reuse it too.
     """
     from lora_course import models
 

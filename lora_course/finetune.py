@@ -45,7 +45,7 @@ WORKLOADS = {
     "comparison": {  # notebook 06's eight runs: short, so accuracies stay off the ceiling
         "cuda": Workload(steps=150, batch_size=16, eval_examples=200),  # the whole test split
         "cpu": Workload(steps=60, batch_size=4, eval_examples=100),
-        "fast": Workload(steps=3, batch_size=2, eval_examples=4),
+        "fast": Workload(steps=3, batch_size=2, eval_examples=2),
     },
 }
 

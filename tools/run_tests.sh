@@ -38,13 +38,16 @@ run_part "format" ruff format --check lora_course tests tools benchmarks exercis
 run_part "exercises generated" python tools/make_exercises.py --check
 # The GGUF -> safetensors conversion, once per run, into the fresh cache: tests and notebooks reuse it.
 run_part "model weights" python -m lora_course.models
-# Unit tests use every core (pytest-xdist; a test module stays on one worker). The notebooks run
-# one at a time: two kernels that each run torch on both cores slowed each other down >10x here.
+# Unit tests use every core (pytest-xdist; a test module stays on one worker). Notebooks too, one
+# kernel per core with one torch thread each (a notebook stays on one worker): on 2 cores that
+# measured 583 s against 625 s one notebook at a time, while two kernels that each ran torch on
+# both cores slowed each other down more than 10x (threads competing for cores).
 run_part "unit tests" python -m pytest tests -p no:cacheprovider -n "$jobs" --dist loadscope \
   --durations=10
-run_part "notebooks (nbval)" python -m pytest -p no:cacheprovider --nbval --nbval-current-env \
+run_part "notebooks (nbval)" env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+  python -m pytest -p no:cacheprovider --nbval --nbval-current-env \
   --nbval-sanitize-with .ci/nbval_sanitize.cfg --nbval-cell-timeout=900 --durations=10 \
-  "${notebook_dirs[@]}"
+  -n "$jobs" --dist loadfile "${notebook_dirs[@]}"
 
 echo
 echo "==== timings"

@@ -105,7 +105,9 @@ def grade_file(path: Path, root: Path, options: Options = Options()) -> Grade:
         "cell_timeout": options.cell_timeout,
         "memory_bytes": options.memory_bytes,
         "output_bytes": options.output_bytes,
-        "hidden": [str(Path(root).resolve()), str(Path.home())],
+        # home first: the course may live there and is shown again; then the submissions, hidden
+        # even when they sit inside the course folder
+        "hidden": [str(Path.home()), str(Path(root).resolve())],
     }
     seen = _run(plan, options, grade)
     if seen is None:
@@ -135,6 +137,7 @@ def _run(plan: dict, options: Options, grade: Grade) -> dict | None:
                 break
             if not _drop_culprit(plan, result, grade):
                 grade.status = f"could not run: {result.killed or 'the runner failed'}"
+                grade.notes.append(f"last output: {result.output_tail}")
                 return None
         else:
             grade.status = "could not run: the submission kept ending its own process"

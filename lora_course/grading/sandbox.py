@@ -50,9 +50,9 @@ def _under(path: Path, folder: Path) -> bool:
 def bwrap_prefix(workdir: Path, hidden: list[Path]) -> list[str]:
     """The bwrap arguments that contain one run: read-only system, writable workdir only."""
     args = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-    args += ["--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--tmpfs", "/dev/shm"]
     needed = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, _package_root())}
-    for folder in (f.resolve() for f in hidden if f.exists()):
+    private = [Path("/tmp"), Path("/var/tmp"), Path("/dev/shm")]  # empty, writable, its own
+    for folder in [*private, *(f.resolve() for f in hidden if f.exists())]:
         args += ["--tmpfs", str(folder)]
         for path in sorted(p for p in needed if _under(p, folder)):
             args += ["--ro-bind", str(path), str(path)]  # the course itself stays visible
@@ -73,6 +73,7 @@ class RunResult:
     stopped_at: dict | None = None  # progress.json when the run died or was killed
     killed: str = ""  # why the grader killed it, if it did
     cells: dict[int, str] = field(default_factory=dict)  # cell index -> "ok", "timeout", ename
+    output_tail: str = ""  # the end of what the run printed, when it did not finish
 
 
 def run(workdir: Path, plan: dict, sandbox: bool) -> RunResult:
@@ -99,7 +100,14 @@ def run(workdir: Path, plan: dict, sandbox: bool) -> RunResult:
         killed = _watch(process, workdir / "progress.json", limit, deadline)
     progress = _read_json(workdir / "progress.json")
     finished = (workdir / "done").is_file() and not killed
-    return RunResult(finished, None if finished else progress, killed, _cells(workdir))
+    tail = "" if finished else _tail(workdir / "output.log")
+    return RunResult(finished, None if finished else progress, killed, _cells(workdir), tail)
+
+
+def _tail(path: Path, size: int = 300) -> str:
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - size))
+        return handle.read().decode("utf-8", "replace").strip().replace("\n", " | ")
 
 
 def _watch(process, progress_path: Path, limit: float, deadline: float) -> str:

@@ -87,6 +87,22 @@ def energy_numpy(S, r):
     return (s[:r] ** 2).sum() / (s**2).sum()  # a numpy float32
 
 
+def smallest_energy(S, r):
+    """The r smallest: S[-r:] is all of S at r = 0 (the learner of issue #20's 01.1)."""
+    return float((S[-r:] ** 2).sum() / (S**2).sum())
+
+
+def squares_in_place(S, r):
+    """Right numbers, but the caller's S is left squared."""
+    S.pow_(2)
+    return float(S[:r].sum() / S.sum())
+
+
+def sorts_in_place(S, r):
+    S.copy_(torch.sort(S).values)  # ascending now: the caller's S is reordered
+    return energy_float64(S.flip(0), r)
+
+
 @pytest.mark.parametrize(
     "energy",
     [
@@ -118,8 +134,11 @@ def test_correct_energies_pass(energy):
         (lambda S, r: energy_float64(S, r + 1), "off by one.* no more"),
         (lambda S, r: energy_float64(S, max(r - 1, 0)), "off by one.* no fewer"),
         (lambda S, r: energy_float64(S, r) + 0.01, r"energy_captured\(S, \d+\) should be"),
+        (smallest_energy, "not the last r .*at r = 0 the energy is 0"),
+        (squares_in_place, "changed the S it was given in place"),
+        (sorts_in_place, "changed the S it was given in place"),
         (lambda S, r: None, "should return a number, got NoneType"),
-        (lambda S, r: S**2 / (S**2).sum(), "should return a number, got Tensor"),
+        (lambda S, r: S**2 / (S**2).sum(), "should return a number, got torch.Tensor"),
         (lambda S, r: str(energy_float64(S, r)), "should return a number, got str"),
     ],
 )
@@ -222,6 +241,24 @@ def no_return(W, r):
     svd(W)
 
 
+def one_fewer(W, r):
+    return approximation_float64(W, r - 1)
+
+
+def overwrites_w(W, r):
+    """Right values, written over the caller's W."""
+    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+    S[r:] = 0
+    W.copy_(U @ torch.diag(S) @ Vh)
+    return W
+
+
+def zeroes_w(W, r):
+    approx = approximation_float64(W, r)
+    W.zero_()
+    return approx
+
+
 @pytest.mark.parametrize(
     ("approximation", "message"),
     [
@@ -240,7 +277,10 @@ def no_return(W, r):
         ),
         (svd_lowrank, "torch.svd_lowrank is randomized"),
         (nearly_best, "above the best possible.*torch.svd_lowrank is randomized"),
-        (lambda W, r: torch.zeros_like(W), "above the best possible"),
+        (lambda W, r: torch.zeros_like(W), "has rank 0, less than r"),
+        (one_fewer, "has rank \\d, less than r = \\d: you kept fewer directions than r"),
+        (overwrites_w, "changed the W it was given in place"),
+        (zeroes_w, "changed the W it was given in place"),
         (lambda W, r: approximation_float64(W, r) * float("nan"), "NaN or inf"),
         (the_factors, "should return one matrix of W's shape, got tuple"),
         (no_return, "got NoneType None \\(a missing `return`\\?\\)"),
@@ -343,6 +383,30 @@ def index_loop(S, target):
             return i
 
 
+def within(tolerance):
+    """Issue #20: a tolerance on the comparison, which exact targets near a boundary expose."""
+
+    def rank(S, target):
+        return int((energies(S) < target - tolerance).sum()) + 1
+
+    return rank
+
+
+def close_enough(S, target):
+    for r, energy in enumerate(energies(S).tolist(), start=1):
+        if energy >= target or math.isclose(energy, target, rel_tol=1e-4):
+            return r
+    return len(S)
+
+
+def normalizes_in_place(S, target):
+    """Right ranks, but the caller's S is left squared and divided by its sum."""
+    S.pow_(2)
+    S.div_(S.sum())
+    c = torch.cumsum(S.double(), 0)
+    return next((i for i, v in enumerate(c.tolist(), 1) if v >= target), len(S))
+
+
 def unnormalized(S, target):
     return int((torch.cumsum(S**2, 0) < target).sum()) + 1
 
@@ -364,6 +428,11 @@ def unnormalized(S, target):
         (lambda S, t: rank_float64(S, t) + (t == 1.0), r"rank_for_energy\(S, 1.0\) should be"),
         (lambda S, t: None, "should return a number, got NoneType"),
         (lambda S, t: str(rank_float64(S, t)), "should return a number, got str"),
+        (within(1e-2), "just above the energy of r = \\d.*no tolerance"),
+        (within(1e-3), "just above the energy of r = \\d.*no tolerance"),
+        (within(1e-5), "just above the energy of r = \\d.*no tolerance"),
+        (close_enough, "just above the energy of r = \\d.*no tolerance"),
+        (normalizes_in_place, "changed the S it was given in place"),
     ],
 )
 def test_each_rank_mistake_is_named(rank, message):
@@ -372,16 +441,20 @@ def test_each_rank_mistake_is_named(rank, message):
 
 def test_the_spectra_have_exact_energies_and_every_kind_of_target():
     """Squares summing to a power of two make every energy exact in float32 and float64."""
-    for values in lesson01.EXACT_SPECTRA:
+    drawn = [c["values"] for c in variants(RANK_FOR_ENERGY, range(40))]
+    for values in [lesson01.VISIBLE_SPECTRUM, *drawn]:
         total = sum(v * v for v in values)
         assert total & (total - 1) == 0, values
-        assert values == sorted(values, reverse=True)
+        assert values == sorted(values, reverse=True) and all(v >= 1 for v in values)
         targets = lesson01._targets(values)
         energy = lesson01._energies(values)
         assert 1.0 in targets and any(t in energy for t in targets if t < 1)
         assert any(t not in energy for t in targets)  # between two boundaries
-    drawn = {json.dumps(c["values"]) for c in variants(RANK_FOR_ENERGY, range(20))}
-    assert len(drawn) == len(lesson01.EXACT_SPECTRA) - 1
+        for t in targets:  # the targets and the energies are exact in float32
+            assert float(torch.tensor(t, dtype=torch.float32)) == t
+        for e in energy[:-1]:  # just above and just below each boundary, exactly
+            assert e + lesson01.NUDGE in targets and e - lesson01.NUDGE in targets
+    assert len({json.dumps(v) for v in drawn}) > 30  # not a short list to learn by heart
 
 
 # --- messages point, they do not solve --------------------------------------------------------
@@ -395,6 +468,9 @@ def test_no_message_gives_the_code_away():
         *[(LOW_RANK_APPROXIMATION, f) for f in (smallest, rows_of_vh_transposed, columns_of_vh)],
         *[(LOW_RANK_APPROXIMATION, f) for f in (one_more, svd_lowrank, no_singular_values)],
         *[(RANK_FOR_ENERGY, f) for f in (strictly_above, unsquared, index_not_count)],
+        *[(RANK_FOR_ENERGY, f) for f in (within(1e-3), normalizes_in_place)],
+        *[(ENERGY_CAPTURED, f) for f in (smallest_energy, squares_in_place)],
+        *[(LOW_RANK_APPROXIMATION, f) for f in (one_fewer, overwrites_w)],
     ]
     for exercise, answer in wrong:
         with pytest.raises(AssertionError) as failure:

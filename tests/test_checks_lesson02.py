@@ -443,6 +443,21 @@ class ForgetfulUnmerge(Solution):
         self.merged = False  # forgets to subtract the update
 
 
+class CopyUnmerge(Solution):
+    @torch.no_grad()
+    def unmerge(self):
+        if not self.merged:
+            raise ValueError("not merged")
+        weight = self.base.weight.clone()
+        weight -= self.get_delta_weight()
+        self.merged = False
+
+
+class FlagOnlyMerge(Solution):
+    def merge(self):
+        self.merged = True  # forgets to add the update
+
+
 class AddingUnmerge(Solution):
     @torch.no_grad()
     def unmerge(self):
@@ -578,7 +593,14 @@ WRONG = [
         (unmerge_scaled(s), UNMERGE, f"the update that unmerge subtracts .*{m}")
         for s, m in SCALINGS
     ],  # fmt: skip
-    (ForgetfulUnmerge, UNMERGE, "unmerge did not change the base weight"),
+    (
+        ForgetfulUnmerge,
+        UNMERGE,
+        "unmerge did not change the base weight, which is still the merged",
+    ),
+    (ForgetfulUnmerge, UNMERGE, "setting the merged flag alone"),
+    (CopyUnmerge, UNMERGE, "unmerge did not change the base weight.* changing a copy"),
+    (FlagOnlyMerge, MERGE, "merge did not change the base weight, which is still the weight it"),
     (AddingUnmerge, UNMERGE, "unmerge added the update a second time"),
     (FlagNotReset, UNMERGE, "after unmerge, forward skips the LoRA branch"),
     (NewParameterUnmerge, UNMERGE, "after unmerge, base.weight is trainable"),

@@ -114,6 +114,18 @@ def test_correct_config_counts_pass(count):
     passes(LORA_PARAMETERS_FOR_CONFIG, count)
 
 
+def sorts_targets(config, targets, r):
+    """Right counts, but the caller's list is sorted in place."""
+    targets.sort()
+    return count_for_config(config, targets, r)
+
+
+def appends_targets(config, targets, r):
+    count = count_for_config(config, targets, r)
+    targets.append("lm_head")
+    return count
+
+
 def one_layer(config, targets, r):
     return count_for_config(config, targets, r) // config.num_hidden_layers
 
@@ -137,6 +149,8 @@ def one_layer_kv_full(config, targets, r):
         (one_layer_kv_full, r"2 mistakes: \(1\) that is one decoder block.*\(2\) k_proj"),
         (lambda c, t, r: count_for_config(c, t, 1), r"expected [\d,]+, got"),
         (lambda c, t, r: None, "should return a number, got NoneType"),
+        (sorts_targets, r"changed the targets list it was given: .* targets.sort\(\)"),
+        (appends_targets, "changed the targets list it was given"),
     ],
 )
 def test_each_config_mistake_is_named(count, message):
@@ -216,7 +230,19 @@ def test_correct_trainable_counts_pass(count):
             "number of trainable tensors",
         ),
         (freezing_count, "changed requires_grad"),
-        (lambda m: count_parameters(m), "should return a number, got ParamCount"),
+        (
+            lambda m: sum(p.numel() for p in m.parameters() if p.grad is not None),
+            "0 trainable parameters: count the parameters whose requires_grad is True .*"
+            "no gradient exists before a backward pass",
+        ),
+        (
+            lambda m: sum(v.numel() for v in m.state_dict().values() if v.requires_grad),
+            "0 trainable parameters: .*state_dict\\(\\) are detached",
+        ),
+        (
+            lambda m: count_parameters(m),
+            "should return a number, got lora_course.counting.ParamCount",
+        ),
         (lambda m: trainable(m) - 1, r"expected [\d,]+ trainable parameters"),
     ],
 )

@@ -80,7 +80,14 @@ def test_correct_scaling_passes(scaling):
         (make_scaling(lambda a, r: a / r, lambda a, r: a / math.isqrt(r)), "integer square root"),
         (make_scaling(lambda a, r: a / r, lambda a, r: a * math.sqrt(r)), "multiplied by sqrt"),
         (make_scaling(lambda a, r: a / r, lambda a, r: math.sqrt(a / r)), "applies to r alone"),
-        (make_scaling(lambda a, r: a / r, lambda a, r: a / (r**1 / 2)), r"binds tighter"),
+        (
+            make_scaling(lambda a, r: a / r, lambda a, r: a / (r**1 / 2)),
+            r"alpha / \(r \*\* 1/2\) is alpha / \(\(r \*\* 1\) / 2\): \*\* binds tighter",
+        ),
+        (
+            make_scaling(lambda a, r: a / r, lambda a, r: a / r**1 / 2),  # alpha / r ** 1/2
+            r"alpha / r \*\* 1/2 is \(alpha / r \*\* 1\) / 2: \*\* binds tighter",
+        ),
         (make_scaling(lambda a, r: a / r, lambda a, r: math.sqrt(r) / a), "inverted"),
         (make_scaling(lambda a, r: a / r, lambda a, r: a / r**2), "square ROOT"),
         (make_scaling(lambda a, r: a / r + 0.01, lambda a, r: a / r), r"should be [\d.]+, got"),
@@ -102,7 +109,13 @@ def test_the_measurements_agree_with_the_notebook():
 
 @pytest.mark.parametrize(
     "predictions",
-    [lambda: (2.0, True), lambda: (2, True), lambda: [torch.tensor(2.0), True]],
+    [
+        lambda: (2.0, True),
+        lambda: (2, True),
+        lambda: [torch.tensor(2.0), True],
+        lambda: (2.0, np.bool_(True)),  # what a numpy comparison gives
+        lambda: (np.float64(2.0), np.isclose(1.0, 1.0)),
+    ],
 )
 def test_correct_predictions_pass(predictions):
     passes(ALPHA_PREDICTIONS, predictions)
@@ -118,6 +131,10 @@ def test_correct_predictions_pass(predictions):
         (lambda: (True, 2.0), "wrong way round"),
         (lambda: (2.0, "True"), "must be True or False"),
         (lambda: (2.0, 1), "must be True or False"),
+        (lambda: (2.0, np.bool_(False)), "under Adam"),
+        (lambda: (np.True_, 2.0), "wrong way round"),
+        (lambda: (2.0, np.float64(1.0)), r"must be True or False \(a bool\), got numpy.float64"),
+        (lambda: (2.0, torch.tensor(True)), r"must be True or False \(a bool\), got torch.Tensor"),
         (lambda: 2.0, "should return a pair"),
         (lambda: ("two", True), "the branch factor must be a number"),
     ],

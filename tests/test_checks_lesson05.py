@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from exercise_harness import Weird, cases_vary, fails, judged_odd, passes, raising
@@ -161,12 +162,25 @@ def three_fields(prediction, gold):
     return all(predicted.get(f) == expected[f] for f in ("product", "issue", "urgency"))
 
 
+def case_insensitive(prediction, gold):
+    """Issue #20's learner: compares the values whatever their letter case."""
+    try:
+        predicted = json.loads(prediction)
+    except json.JSONDecodeError:
+        return False
+    if not isinstance(predicted, dict):
+        return False
+    expected = json.loads(gold)
+    return all(str(predicted.get(f, "")).lower() == v.lower() for f, v in expected.items())
+
+
 @pytest.mark.parametrize(
     "match",
     [
         exact_match,
         lambda p, g: tickets.score(p, g)["exact"],
         lambda p, g: bool(exact_match(p, g)),
+        lambda p, g: np.bool_(exact_match(p, g)),  # what a numpy comparison gives
     ],
 )
 def test_correct_exact_match_passes(match):
@@ -185,6 +199,7 @@ def test_correct_exact_match_passes(match):
         (three_fields, r"must not match.*\('order_id'\)"),
         (whole_dict, "extra keys do not make"),
         (lambda p, g: int(exact_match(p, g)), "must return True or False"),
+        (case_insensitive, r"letter case counts: .*\('(product|issue|urgency)'\)"),
     ],
 )
 def test_each_exact_match_mistake_is_named(match, message):
@@ -196,6 +211,12 @@ def test_every_kind_of_trial_is_in_the_visible_case_and_every_variant():
         _, trials = lesson05._match_trials(seed)
         assert {kind for kind, *_ in trials} == set(lesson05.MATCH_MESSAGES)
         assert {detail for kind, _, _, detail in trials if kind == "wrong"} == set(tickets.FIELDS)
+        gold = json.loads(lesson05._match_trials(seed)[0])
+        for kind, prediction, expected, detail in trials:
+            assert tickets.score(prediction, json.dumps(gold))["exact"] is expected, kind
+            if kind == "case":  # differs from the gold answer in letter case alone
+                value = json.loads(prediction)[detail]
+                assert value != gold[detail] and value.lower() == gold[detail].lower()
 
 
 # --- 05.3 ---------------------------------------------------------------------------------------

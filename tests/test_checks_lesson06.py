@@ -65,7 +65,7 @@ WRONG_RANKS = [
     (lambda c, t, b: rank_for_budget(c, t, b) + 1, "should be"),
     (lambda c, t, b: str(rank_for_budget(c, t, b)), "should return a number, got str"),
     (lambda c, t, b: None, "should return a number, got NoneType"),
-    (lambda c, t, b: Unprintable(), "should return a number, got Unprintable"),
+    (lambda c, t, b: Unprintable(), "should return a number, got exercise_harness.Unprintable"),
     (UNWRITTEN, "not written yet"),
     (lambda c, t, b: c.no_such_field, "raised AttributeError"),
 ]
@@ -107,6 +107,25 @@ def planner(
     return plan
 
 
+def strict_largest_rank(config, budget, min_rank=4):
+    """Issue #20's learner: `<` where the largest rank that fits may cost exactly the budget."""
+    for targets in PLACEMENTS:
+        if lora_parameters(config, targets, min_rank) <= budget:
+            r = min_rank
+            while lora_parameters(config, targets, r + 1) < budget:
+                r += 1
+            return targets, r
+    return PLACEMENTS[-1], min_rank
+
+
+def strict_fit(config, budget, min_rank=4):
+    """Issue #20's learner: a placement "fits" only if it costs less than the budget."""
+    for targets in PLACEMENTS:
+        if lora_parameters(config, targets, min_rank) < budget:
+            return targets, budget // lora_parameters(config, targets, 1)
+    return PLACEMENTS[-1], min_rank
+
+
 def _other_pair(plan):
     """q_proj and k_proj where q_proj and v_proj are due: as cheap, but not the placement."""
     targets, r = plan
@@ -119,7 +138,10 @@ WRONG_PLANS = [
     (planner(placements=[PLACEMENTS[0], PLACEMENTS[2]]), "adapt more module types"),
     (planner(rank=lambda b, per: round(b / per)), "not the closest"),
     (planner(rank=lambda b, per: -(-b // per)), "not the closest"),
-    (planner(fits=lambda r, m: r > m), "includes min_rank itself"),
+    (planner(fits=lambda r, m: r > m), "within the budget): a rank of at least min_rank includes"),
+    (strict_largest_rank, "costs exactly the budget fits, so take the largest rank"),
+    (strict_fit, "exactly the budget, and it fits: a plan that costs exactly the budget fits"),
+    (planner(rank=lambda b, per: (b - 1) // per), "a plan that costs exactly the budget fits"),
     (planner(fixed=4), "use the min_rank you are given"),
     (lambda c, b, min_rank=4: (planner()(c, b, min_rank)[0], min_rank), "still fits"),
     (lambda c, b, min_rank=4: ("all linear", 8), "is not a projection"),

@@ -4,6 +4,7 @@ import math
 import random
 import re
 
+import numpy as np
 import pytest
 import torch
 from exercise_harness import Unprintable, fails, judged_odd, passes, raising, through_json
@@ -203,6 +204,7 @@ WRONG_FITS = [
     (fits(b_against="in"), "this adapter fits, but you answered False"),
     (fits_raising, "answer False, do not raise"),
     (fits_key_error, "answer False, do not raise"),
+    (fits_key_error, "), where the model has no module named"),
     (fits_first_module_only, "check every one"),
     (fits_last_module_only, "check every one"),
     (fits_without_gqa, "this adapter fits, but you answered False"),
@@ -211,7 +213,7 @@ WRONG_FITS = [
     (fits_forgets_true, "does every path end in a return?"),
     (lambda s, m: "yes", "should return True or False, got str"),
     (lambda s, m: 1, "should return True or False, got int"),
-    (lambda s, m: torch.tensor(True), "should return True or False, got Tensor"),
+    (lambda s, m: torch.tensor(True), "should return True or False, got torch.Tensor"),
     (UNWRITTEN, "not written yet"),
 ]
 
@@ -317,6 +319,31 @@ def _by_b(model_a, model_b):
     return [n for n, p in model_b.named_parameters() if not torch.equal(a[n], p)]
 
 
+def _same_count_by_position(model_a, model_b):
+    """Issue #20's learner: checks the NUMBER of parameters only, then pairs them by position."""
+    a, b = list(model_a.named_parameters()), list(model_b.named_parameters())
+    if len(a) != len(b):
+        raise ValueError("different architectures")
+    return [n for (n, p), (_, q) in zip(a, b, strict=True) if not torch.equal(p, q)]
+
+
+def _same_count_by_name(model_a, model_b):
+    a, b = dict(model_a.named_parameters()), dict(model_b.named_parameters())
+    if len(a) != len(b):
+        raise ValueError("different architectures")
+    return [n for n in a if not torch.equal(a[n], b[n])]  # KeyError for a renamed module
+
+
+def _not_equal(model_a, model_b):
+    """`if p != q`: a tensor of booleans, which `if` cannot read."""
+    b = dict(model_b.named_parameters())
+    changed = []
+    for n, p in model_a.named_parameters():
+        if p != b[n]:
+            changed.append(n)
+    return changed
+
+
 def _with_buffers(m):
     return dict([*m.named_parameters(), *m.named_buffers()])
 
@@ -343,7 +370,12 @@ WRONG_CHANGES = [
     (changed(torch.equal, check_names=False), "raise ValueError"),  # the old solution
     (_by_b, "raise ValueError"),  # KeyError for lm_head.weight
     (_mutating, "changed model_a or model_b"),
-    (_first_only, "but you missed it"),
+    (_first_only, ", 1 of the 2 changed parameters: keep going after the first difference"),
+    (_same_count_by_position, "as many parameters, but not the same ones (not the same names)"),
+    (_same_count_by_name, "raised KeyError"),
+    (_same_count_by_name, "as many parameters, but not the same ones (not the same names)"),
+    (_not_equal, "is ambiguous: comparing two tensors with != (or ==)"),
+    (_not_equal, "torch.equal compares them all"),
     (changed(torch.equal, order=lambda names: [(n, 0) for n in names]), "list of parameter names"),
     (lambda a, b: None, "should return a list of parameter names, got NoneType"),
     (lambda a, b: "model.norm.weight", "should return a list of parameter names, got str"),
@@ -357,7 +389,7 @@ def test_the_changes_hide_from_tolerances_and_sums():
     models = lesson07._models(case)
     states = {key: lesson07._state(model) for key, model in models.items()}
     for pair in case["pairs"][1:3]:
-        a, b = lesson07._pair(models, states, pair)
+        a, b = lesson07._pair(models, states, 0, pair)
         pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
         for name, kind, _, _ in pair["changes"]:
             assert not torch.equal(pa[name], pb[name])
@@ -378,6 +410,7 @@ RIGHT = [
     (lesson07.MERGED_WEIGHT, merged_weight_einsum),
     (lesson07.ADAPTER_SHAPES_FIT, adapter_shapes_fit),
     (lesson07.ADAPTER_SHAPES_FIT, adapter_shapes_fit_by_submodule),
+    (lesson07.ADAPTER_SHAPES_FIT, lambda s, m: np.bool_(adapter_shapes_fit(s, m))),
     (lesson07.CHANGED_PARAMETERS, changed_parameters),
     (lesson07.CHANGED_PARAMETERS, changed_parameters_any),
     (lesson07.CHANGED_PARAMETERS, changed_parameters_from_state_dicts),

@@ -70,13 +70,23 @@ def require(condition: bool, message: str) -> None:
         raise AssertionError(message)
 
 
+def type_name(value) -> str:
+    """The name of a value's type, module-qualified unless it is a builtin: numpy's bool is
+    `numpy.bool`, never `bool`; a tensor is `torch.Tensor`; a class of the learner's notebook
+    keeps its own name."""
+    kind = type(value)
+    module = getattr(kind, "__module__", None)
+    name = getattr(kind, "__qualname__", kind.__name__)
+    return name if module in (None, "builtins", "__main__") else f"{module}.{name}"
+
+
 def describe(value) -> str:
     """A short, safe description of a learner's value: its type and the start of its repr."""
     try:
         text = repr(value)
     except Exception:  # noqa: BLE001 - a learner's __repr__ may raise
         text = "?"
-    return f"{type(value).__name__} {text[:80]}"
+    return f"{type_name(value)} {text[:80]}"
 
 
 def observe_number(observations, key: str, call):

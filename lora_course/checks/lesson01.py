@@ -32,6 +32,31 @@ def _all_close(got: list, want: list) -> bool:
     return all(_close(g, w) for g, w in zip(got, want, strict=True))
 
 
+def _record_input(observations, key: str, tensor: torch.Tensor) -> None:
+    """The learner's input tensor as the call left it, for the judge to compare with the case's."""
+    after = attempt(observations, key, lambda: tensor.detach().to(torch.float64).cpu().clone())
+    if after is not None:
+        observations[key] = after
+
+
+def _changed_input(observations, key: str, given: torch.Tensor) -> bool:
+    """Whether the tensor recorded under `key` is no longer `given` (shape or any value)."""
+    if f"{key}_error" in observations:
+        return True
+    after = observations.get(key)
+    if not isinstance(after, torch.Tensor):
+        return False
+    return tuple(after.shape) != tuple(given.shape) or not torch.equal(after, given.double())
+
+
+def _in_place(call: str, name: str) -> str:
+    return (
+        f"{call} changed the {name} it was given in place (an in-place operation such as pow_, "
+        f"mul_, div_, copy_, += or {name}[...] = ...): the caller's tensor must stay as it "
+        f"was, so compute on new tensors ({name}.clone() makes a copy)"
+    )
+
+
 # --- 01.1 energy_captured(S, r) ---------------------------------------------------------------
 
 
@@ -46,11 +71,14 @@ def _energy_ranks(case) -> list[int]:
 
 def observe_energy_captured(energy_captured, case):
     """Exercise 01.1: the learner's energy for a few ranks of seeded singular values."""
-    S, observations = _singular_values(case), {}
-    observations["energy"] = [
-        observe_number(observations, f"r{r}", lambda r=r: energy_captured(S.clone(), r))
-        for r in _energy_ranks(case)
-    ]
+    S, observations, energy = _singular_values(case), {}, []
+    for r in _energy_ranks(case):
+        given = S.clone()  # the learner's own copy: the judge sees it as the call left it
+        energy.append(
+            observe_number(observations, f"r{r}", lambda r=r, g=given: energy_captured(g, r))
+        )
+        _record_input(observations, f"r{r}_input", given)
+    observations["energy"] = energy
     return observations
 
 
@@ -69,6 +97,12 @@ def _energy_mistakes(S: torch.Tensor, n: int):
         (
             lambda r: share(squares.flip(0), r),
             "S is sorted largest first: the energy of rank r is held by the first r values",
+        ),
+        (
+            lambda r: share(squares.flip(0), r) if r else 1.0,
+            "S is sorted largest first: the energy of rank r is held by the first r values, not "
+            "the last r (and at r = 0 the energy is 0, but the last 0 values, S[-0:], are all "
+            "of S)",
         ),
         (
             lambda r: 100 * share(squares, r),
@@ -107,6 +141,11 @@ def judge_energy_captured(observations, case) -> None:
     S, ranks = _singular_values(case).double(), _energy_ranks(case)
     for r in ranks:
         judge_number(observations, f"r{r}", f"energy_captured(S, {r})")
+    for r in ranks:
+        require(
+            not _changed_input(observations, f"r{r}_input", S),
+            _in_place(f"energy_captured(S, {r})", "S"),
+        )
     got = observations["energy"]
     want = [float((S[:r] ** 2).sum() / (S**2).sum()) for r in ranks]
     if _all_close(got, want):
@@ -148,10 +187,11 @@ def _matrix(case) -> torch.Tensor:
 def observe_low_rank_approximation(low_rank_approximation, case):
     """Exercise 01.2: the learner's approximation of a seeded matrix."""
     observations = {}
-    W = _matrix(case)
-    approx = attempt(observations, "call", lambda: low_rank_approximation(W.clone(), case["r"]))
+    given = _matrix(case)  # the learner's own matrix: the judge sees it as the call left it
+    approx = attempt(observations, "call", lambda: low_rank_approximation(given, case["r"]))
     if "call_error" in observations:
         return observations
+    _record_input(observations, "input", given)
     try:
         if approx is None or isinstance(approx, bool | str | bytes | tuple | dict):
             raise TypeError("not a matrix")
@@ -197,6 +237,7 @@ def judge_low_rank_approximation(observations, case) -> None:
     if returned is not None:
         hint = " (a missing `return`?)" if returned.startswith("NoneType") else ""
         raise AssertionError(f"{call} should return one matrix of W's shape, got {returned}{hint}")
+    require(not _changed_input(observations, "input", W), _in_place(call, "W"))
     approx = observations["approx"]
     shape = tuple(approx.shape)
     if shape != (m, n):
@@ -228,6 +269,12 @@ def judge_low_rank_approximation(observations, case) -> None:
     distance = float((W - approx).norm())
     if distance <= floor * (1 + 1e-4) + 1e-9:
         return
+    require(
+        rank >= r,
+        f"the approximation has rank {rank}, less than r = {r}: you kept fewer directions than "
+        f"r (an off-by-one?); a rank-r approximation keeps r singular values, each with its "
+        "singular vectors",
+    )
     require(
         not _close_matrix(approx, U[:, :r] @ Vh[:r, :]),
         "the singular values are missing: each kept direction is weighted by its own "
@@ -269,12 +316,45 @@ def check_low_rank_approximation(low_rank_approximation) -> None:
 
 # Singular values whose squares sum to a power of two: every energy fraction is exact in float32,
 # float64 and plain Python, so a correct answer passes whatever precision it computes in.
-EXACT_SPECTRA = (
-    [3, 2, 1, 1, 1],
-    [4, 4, 4, 2, 2, 2, 2],
-    [6, 3, 3] + [1] * 10,
-    [6, 5, 5, 4, 3, 3, 2, 1, 1, 1, 1],
-)
+VISIBLE_SPECTRUM = [3, 2, 1, 1, 1]  # squares 9 + 4 + 1 + 1 + 1 = 16
+NUDGE = 2.0**-20  # a target this far from an energy is still exact in float32 (energies >= 2**-10)
+
+
+def _squares_summing_to(total: int) -> list[int]:
+    """At most four positive integers whose squares sum to `total` (Lagrange), largest first."""
+    if total == 0:
+        return []
+    for first in range(math.isqrt(total), 0, -1):
+        rest = total - first * first
+        if rest == 0:
+            return [first]
+        for second in range(min(first, math.isqrt(rest)), 0, -1):
+            left = rest - second * second
+            if left == 0:
+                return [first, second]
+            for third in range(min(second, math.isqrt(left)), 0, -1):
+                fourth = left - third * third
+                root = math.isqrt(fourth)
+                if fourth == 0 or (root * root == fourth and root <= third):
+                    return [first, second, third] + ([root] if root else [])
+    raise ValueError(total)  # unreachable: every integer is a sum of four squares
+
+
+def _exact_spectrum(rng) -> list[int]:
+    """Integers, largest first, whose squares sum to a power of two (2**6 to 2**10), drawn."""
+    while True:
+        total = 2 ** rng.randint(6, 10)
+        values, left = [], total
+        for _ in range(rng.randint(3, 8)):
+            top = math.isqrt(left - 1)  # leave some energy for the others
+            if top < 1:
+                break
+            value = rng.randint(max(1, top // 3), top)
+            values.append(value)
+            left -= value * value
+        values = sorted(values + _squares_summing_to(left), reverse=True)
+        if 4 <= len(values) <= 14:
+            return values
 
 
 def _energies(values, squared: bool = True) -> list[float]:
@@ -284,10 +364,12 @@ def _energies(values, squared: bool = True) -> list[float]:
 
 
 def _targets(values) -> list[float]:
-    """Exact boundaries (where >= and > differ), points between them, and 1.0."""
+    """Exact boundaries (where >= and > differ), targets just below and just above them (where a
+    tolerance differs), points between them, and 1.0 (and just below it)."""
     energy = _energies(values)
     between = [(a + b) / 2 for a, b in zip([0.0, *energy], energy, strict=False)]
-    return sorted({*energy[:-1], *between[1:4], 1.0, between[0]})
+    nudged = [e + d for e in energy[:-1] for d in (-NUDGE, NUDGE)] + [1.0 - NUDGE]
+    return sorted({*energy[:-1], *nudged, *between[1:4], 1.0, between[0]})
 
 
 def _rank(values, target, squared: bool = True, strict: bool = False, index: bool = False):
@@ -308,6 +390,14 @@ def _explains(got, values, targets, **mistake) -> bool:
     return all(p is None or g == p for g, p in zip(got, predicted, strict=True))
 
 
+def _near_energy(values, target: float):
+    """(r, energy of r) for an energy within 1e-2 of `target` but not equal to it, or None."""
+    return next(
+        ((r, e) for r, e in enumerate(_energies(values), start=1) if 0 < abs(target - e) <= 1e-2),
+        None,
+    )
+
+
 RANK_MISTAKES = (  # the squaring first: it changes every energy, the comparison only the ties
     (
         [{"squared": False, "strict": s, "index": i} for s in (False, True) for i in (False, True)],
@@ -324,11 +414,14 @@ RANK_MISTAKES = (  # the squaring first: it changes every energy, the comparison
 
 def observe_rank_for_energy(rank_for_energy, case):
     """Exercise 01.3: the learner's rank for each target on a spectrum with exact energies."""
-    S, observations = torch.tensor(case["values"], dtype=torch.float32), {}
-    observations["ranks"] = [
-        observe_number(observations, f"t{i}", lambda t=t: rank_for_energy(S.clone(), t))
-        for i, t in enumerate(_targets(case["values"]))
-    ]
+    S, observations, ranks = torch.tensor(case["values"], dtype=torch.float32), {}, []
+    for i, t in enumerate(_targets(case["values"])):
+        given = S.clone()  # the learner's own copy: the judge sees it as the call left it
+        ranks.append(
+            observe_number(observations, f"t{i}", lambda t=t, g=given: rank_for_energy(g, t))
+        )
+        _record_input(observations, f"t{i}_input", given)
+    observations["ranks"] = ranks
     return observations
 
 
@@ -346,6 +439,12 @@ def judge_rank_for_energy(observations, case) -> None:
                 f"{call} returned {g:.4g}: the rank is a whole number, the count of singular "
                 "values kept"
             )
+    S = torch.tensor(values, dtype=torch.float64)
+    for i, call in enumerate(calls):
+        require(
+            not _changed_input(observations, f"t{i}_input", S),
+            _in_place(call, "S"),
+        )
     want = [_rank(values, t) for t in targets]
     if got == want:
         return
@@ -368,7 +467,17 @@ def judge_rank_for_energy(observations, case) -> None:
     for i, (call, g) in enumerate(zip(calls, got, strict=True)):
         if g is None:
             judge_number(observations, f"t{i}", call)
-    call, g, w = next((c, g, w) for c, g, w in zip(calls, got, want, strict=True) if g != w)
+    wrong = [(c, t, g, w) for c, t, g, w in zip(calls, targets, got, want, strict=True) if g != w]
+    if all(_near_energy(values, t) for _, t, _, _ in wrong):  # only where a tolerance differs
+        call, target, g, w = wrong[0]
+        r, energy = _near_energy(values, target)
+        side = "above" if target > energy else "below"
+        raise AssertionError(
+            f"{call} should be {w}, got {g:g}: the target is just {side} the energy of r = {r}, "
+            f"{energy}, by {abs(target - energy):.2g}. These energies are exact: compare them "
+            "with the target exactly, with no tolerance (no isclose, no small epsilon)"
+        )
+    call, _, g, w = wrong[0]
     raise AssertionError(f"{call} should be {w}, got {g:g}")
 
 
@@ -377,8 +486,8 @@ RANK_FOR_ENERGY = Exercise(
     target="rank_for_energy",
     observe=observe_rank_for_energy,
     judge=judge_rank_for_energy,
-    visible={"values": EXACT_SPECTRA[0]},
-    variant=lambda rng: {"values": list(rng.choice(EXACT_SPECTRA[1:]))},
+    visible={"values": VISIBLE_SPECTRUM},
+    variant=lambda rng: {"values": _exact_spectrum(rng)},
 )
 
 

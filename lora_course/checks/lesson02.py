@@ -791,10 +791,12 @@ def _judge_weight_update(observations, key: str, case, start, sign: int) -> None
     )
     if _close(got, start + sign * s * t["BA"], 1e-5):
         return
+    still = "the weight it started with" if sign > 0 else "the merged weight"
     require(
         not _close(got, start, 1e-6),
-        f"{what} did not change the base weight: change self.base.weight itself (in place), "
-        "not a copy of it",
+        f"{what} did not change the base weight, which is still {still}: {what} must change "
+        "self.base.weight itself, in place (setting the merged flag alone, or changing a copy "
+        "of the weight, leaves it as it was)",
     )
     factor = _factor(sign * (got - start), t["BA"])
     action = "adds to" if sign > 0 else "subtracts from"

@@ -10,7 +10,16 @@ import torch
 from ..architectures import ARCHITECTURES, build_config
 from ..counting import lora_pair_parameters, lora_parameters, projection_shapes
 from ..targets import MLP, PROJECTIONS
-from .exercise import Exercise, attempt, judge_number, matches_all, observe_number, raised, require
+from .exercise import (
+    Exercise,
+    attempt,
+    describe,
+    judge_number,
+    matches_all,
+    observe_number,
+    raised,
+    require,
+)
 
 
 def show(x) -> str:
@@ -158,18 +167,24 @@ def _count_with(config, targets, r: int, mistakes) -> int:
 
 def observe_lora_parameters_for_config(lora_parameters_for_config, case):
     """Exercise 03.2: the learner's count for each query (a named config, targets, r)."""
-    observations = {}
-    observations["counts"] = [
-        observe_number(
-            observations,
-            f"q{k}",
-            # a fresh config and targets list per call: nothing a call changes carries over
-            lambda q=q: lora_parameters_for_config(
-                build_config(q["config"]), list(q["targets"]), q["r"]
-            ),
+    observations, counts = {}, []
+    for k, q in enumerate(case["queries"]):
+        targets = list(q["targets"])  # a fresh config and list per call: nothing carries over
+        counts.append(
+            observe_number(
+                observations,
+                f"q{k}",
+                lambda q=q, t=targets: lora_parameters_for_config(
+                    build_config(q["config"]), t, q["r"]
+                ),
+            )
         )
-        for k, q in enumerate(case["queries"])
-    ]
+        observations[f"q{k}_targets"] = attempt(  # the list as the call left it
+            observations,
+            f"q{k}_targets",
+            lambda t=targets: [x if isinstance(x, str) else describe(x) for x in list(t)],
+        )
+    observations["counts"] = counts
     return observations
 
 
@@ -182,6 +197,14 @@ def judge_lora_parameters_for_config(observations, case) -> None:
             observations,
             f"q{k}",
             f"lora_parameters_for_config({q['config']}, {q['targets']}, r={q['r']})",
+        )
+    for k, q in enumerate(queries):
+        after = observations.get(f"q{k}_targets")
+        require(
+            f"q{k}_targets_error" not in observations and (after is None or after == q["targets"]),
+            f"lora_parameters_for_config changed the targets list it was given: {q['targets']} "
+            f"became {after} (an in-place change such as targets.sort(), append or remove). "
+            "The caller's list must stay as it was: sorted(targets) or a copy leaves it alone",
         )
     got = observations["counts"]
     want = [lora_parameters(c, q["targets"], q["r"]) for c, q in zip(configs, queries, strict=True)]
@@ -226,8 +249,8 @@ def _config_variant(rng: random.Random):
     # three different ranks, never a layer count (16, 30, 32): r * one block must not be a total
     ranks = rng.sample([1, 2, 4, 8, 12, 24, 48, 64], 3)
 
-    return {
-        "queries": [  # every draw has GQA k/v, the MLP, a config where h // kv != kv * head_dim
+    while True:
+        queries = [  # every draw has GQA k/v, the MLP, a config where h // kv != kv * head_dim
             {
                 "config": rng.choice(others),
                 "targets": subset([("k_proj", "v_proj"), MLP]),
@@ -236,7 +259,8 @@ def _config_variant(rng: random.Random):
             {"config": rng.choice(GQA_ARCHITECTURES), "targets": subset((), False), "r": ranks[1]},
             {"config": rng.choice(GQA_ARCHITECTURES), "targets": subset(), "r": ranks[2]},
         ]
-    }
+        if any(q["targets"] != sorted(q["targets"]) for q in queries):  # targets.sort() shows
+            return {"queries": queries}
 
 
 LORA_PARAMETERS_FOR_CONFIG = Exercise(
@@ -337,8 +361,9 @@ def judge_trainable_parameters(observations, case) -> None:
         ),
         (
             0,
-            "0 trainable parameters: tensors from state_dict() are detached (requires_grad is "
-            "False); look at the model's parameters",
+            "0 trainable parameters: count the parameters whose requires_grad is True (no "
+            "gradient exists before a backward pass, so .grad is None; and the tensors of "
+            "state_dict() are detached, requires_grad False)",
         ),
     )
     for wrong, message in mistakes:

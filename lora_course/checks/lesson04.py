@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,6 +21,7 @@ from .exercise import (
     require,
 )
 
+PRECEDENCE = "** binds tighter than /, so the exponent must be in parentheses (or use math.sqrt)"
 TOLERANCE = (
     1e-6  # relative: float32 arithmetic (torch.sqrt on a tensor) passes, a wrong idea does not
 )
@@ -63,11 +65,8 @@ RSLORA_MISTAKES = (  # use_rslora=True
         lambda a, r: math.sqrt(a / r),
         "the square root applies to r alone, not to alpha / r",
     ),
-    (
-        lambda a, r: 2 * a / r,
-        "r ** 1/2 is (r ** 1) / 2: ** binds tighter than /, so the exponent must be in "
-        "parentheses (or use math.sqrt)",
-    ),
+    (lambda a, r: 2 * a / r, f"alpha / (r ** 1/2) is alpha / ((r ** 1) / 2): {PRECEDENCE}"),
+    (lambda a, r: a / r / 2, f"alpha / r ** 1/2 is (alpha / r ** 1) / 2: {PRECEDENCE}"),
     (lambda a, r: math.sqrt(r) / a, "inverted: the rsLoRA multiplier grows with alpha"),
     (lambda a, r: a / r**2, "rsLoRA divides by the square ROOT of r, not its square"),
 )
@@ -180,6 +179,11 @@ def measured_same_first_step(case) -> bool:
     return bool(torch.allclose(doubled_alpha, doubled_lr, rtol=1e-5, atol=0.0))
 
 
+def _is_bool(value) -> bool:
+    """True or False, as Python or numpy writes it (np.bool_ is what numpy comparisons give)."""
+    return isinstance(value, bool | np.bool_)
+
+
 def observe_alpha_predictions(predictions, case):
     """Exercise 04.2: the learner's two predictions, as returned by predictions()."""
     observations = {}
@@ -191,10 +195,10 @@ def observe_alpha_predictions(predictions, case):
     except Exception:  # noqa: BLE001 - not a pair
         observations["call_returned"] = describe(result)
         return observations
-    observations["swapped"] = isinstance(factor, bool) and not isinstance(same, bool)
+    observations["swapped"] = _is_bool(factor) and not _is_bool(same)
     observations["branch_factor"] = observe_number(observations, "factor", lambda: factor)
-    if isinstance(same, bool):
-        observations["same_first_step"] = same
+    if _is_bool(same):
+        observations["same_first_step"] = bool(same)
     else:
         observations["same_returned"] = describe(same)
     return observations
@@ -278,11 +282,7 @@ RATIO_MISTAKES = (
         lambda r: math.isqrt(r),
         "rounded to a whole number (math.isqrt, int() or //): the ratio is rarely an integer",
     ),
-    (
-        lambda r: r / 2,
-        "r ** 1/2 is (r ** 1) / 2: ** binds tighter than /, so the exponent must be in "
-        "parentheses (or use math.sqrt)",
-    ),
+    (lambda r: r / 2, f"r ** 1/2 is (r ** 1) / 2: {PRECEDENCE}"),
     (lambda r: 1.0, "alpha cancels, but r does not: the ratio depends on r"),
 )
 

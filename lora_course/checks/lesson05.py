@@ -6,6 +6,8 @@ import json
 import random
 from collections.abc import Mapping
 
+import numpy as np
+
 from ..devices import BF16_MIN_CAPABILITY, FP16_MIN_CAPABILITY
 from ..tasks.tickets import FIELDS, make_example
 from .exercise import (
@@ -183,6 +185,8 @@ MATCH_MESSAGES = {
     "extra key": "extra keys do not make the four fields wrong: compare the gold answer's "
     "fields, not the whole dict",
     "empty": "{} has none of the fields: it must not match",
+    "case": "letter case counts: the course's scorer (lora_course.tasks.tickets.score) "
+    "compares values exactly, so a value written in other capitals is a wrong field",
 }
 CRASH_MESSAGES = {
     "invalid": "a prediction that is not valid JSON is simply wrong: catch the parse error "
@@ -223,6 +227,8 @@ def _match_trials(seed: int) -> tuple[str, list[tuple[str, str, bool, str]]]:
     extra = rng.choice(["note", "customer", "sentiment", "reason"])
     trials.append(("extra key", json.dumps({**gold, extra: "n/a"}), True, extra))
     trials.append(("empty", "{}", False, ""))
+    cased = rng.choice(["product", "issue", "urgency"])  # "Router" is not "router"
+    trials.append(("case", json.dumps({**gold, cased: gold[cased].capitalize()}), False, cased))
     return text, trials
 
 
@@ -232,10 +238,10 @@ def observe_exact_match(exact_match, case):
     observations, results = {}, []
     for k, (_, prediction, _, _) in enumerate(trials):
         result = attempt(observations, f"t{k}", lambda p=prediction: exact_match(p, gold))
-        if f"t{k}_error" not in observations and not isinstance(result, bool):
+        if f"t{k}_error" not in observations and not isinstance(result, bool | np.bool_):
             observations[f"t{k}_returned"] = describe(result)
             result = None
-        results.append(result)
+        results.append(None if result is None else bool(result))  # numpy's bool too
     observations["results"] = results
     return observations
 

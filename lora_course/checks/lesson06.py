@@ -8,7 +8,7 @@ import random
 from ..architectures import ARCHITECTURES, build_config
 from ..counting import lora_parameters, projection_shapes
 from ..targets import ATTENTION, MLP, PROJECTIONS, TARGET_PRESETS
-from .exercise import Exercise, attempt, raised, require
+from .exercise import Exercise, attempt, describe, raised, require
 
 # Llama-style architectures with grouped-query attention (fewer key/value heads than query
 # heads): on them, counting k_proj and v_proj at full width gives a different answer.
@@ -19,27 +19,18 @@ GQA_ARCHITECTURES = tuple(
 )
 
 
-def _describe(value) -> str:
-    """A short, safe description of a learner's value: its type and the start of its repr."""
-    try:
-        text = repr(value)
-    except Exception:  # noqa: BLE001 - a learner's __repr__ may raise
-        text = "?"
-    return f"{type(value).__name__} {text[:80]}"
-
-
 def _observe_number(observations, key: str, call):
     """Run one call of the learner's code: a float, or None with the error or odd result noted."""
     value = attempt(observations, key, call)
     if f"{key}_error" in observations:
         return None
     if value is None or isinstance(value, bool | str | bytes):
-        observations[f"{key}_returned"] = _describe(value)
+        observations[f"{key}_returned"] = describe(value)
         return None
     try:
         return float(value)
     except Exception:  # noqa: BLE001 - a tensor of many values, a list, an object...
-        observations[f"{key}_returned"] = _describe(value)
+        observations[f"{key}_returned"] = describe(value)
         return None
 
 
@@ -267,11 +258,11 @@ def observe_plan_adapter(plan_adapter, case):
             targets, r = plan
             targets = list(targets)
         except Exception:  # noqa: BLE001 - not a pair, or targets not a sequence
-            observations[f"{key}_returned"] = _describe(plan)
+            observations[f"{key}_returned"] = describe(plan)
             continue
         odd = [t for t in targets if not isinstance(t, str)]
         if odd:
-            observations[f"{key}_returned"] = f"targets holding {_describe(odd[0])}"
+            observations[f"{key}_returned"] = f"targets holding {describe(odd[0])}"
             continue
         rank = _observe_number(observations, f"{key}_r", lambda r=r: r)
         if rank is not None:
@@ -317,10 +308,20 @@ def _judge_plan(config, name, budget, min_rank, targets, r) -> None:
         f"{call}: min_rank is {min_rank} here, and your plan is the one for min_rank = 4: use "
         "the min_rank you are given",
     )
+    want_cost = lora_parameters(config, want_targets, want_r)
+    above_min = _plan(config, budget, min_rank, fits=lambda r, m: r > m)  # rank > min_rank
+    under_budget = _plan(config, budget, min_rank, rank=lambda b, per: (b - 1) // per)  # cost <
     require(
-        got != _plan(config, budget, min_rank, fits=lambda r, m: r > m),
-        f"{call}: [{_names(broadest)}] fits at rank {want_r}, exactly min_rank: a rank of at "
-        f"least min_rank includes min_rank itself ({chose})",
+        want_r != min_rank or want_cost != budget or got not in (above_min, under_budget),
+        f"{call}: [{_names(broadest)}] at rank {want_r}, exactly min_rank, costs {want_cost:,}, "
+        "exactly the budget, and it fits: a plan that costs exactly the budget fits, and a rank "
+        f"of at least min_rank includes min_rank itself ({chose})",
+    )
+    require(
+        got != above_min,
+        f"{call}: [{_names(broadest)}] fits at rank {want_r}, exactly min_rank (it costs "
+        f"{want_cost:,}, within the budget): a rank of at least min_rank includes min_rank "
+        f"itself ({chose})",
     )
     cost = lora_parameters(config, targets, r)
     require(
@@ -341,6 +342,12 @@ def _judge_plan(config, name, budget, min_rank, targets, r) -> None:
         "attention projections, then q_proj and v_proj",
     )
     more = lora_parameters(config, targets, r + 1)
+    require(
+        more != budget,
+        f"{call}: {chose}, but rank {r + 1} costs {more:,}, exactly the budget: a plan that "
+        "costs exactly the budget fits, so take the largest rank whose cost is at most the "
+        "budget",
+    )
     require(
         more > budget,
         f"{call}: {chose}, but rank {r + 1} still fits ({more:,} parameters): use the largest "
@@ -366,7 +373,9 @@ def _plan_variant(rng: random.Random):
         "config": name,
         "queries": [  # [budget, min_rank]
             [_budget(every, rng.randint(6, 24) + upper()), 4],
-            [every * exact, exact],  # fits at exactly min_rank
+            [_budget(every, 4 + rng.uniform(0.15, 0.85)), 4],  # fits at min_rank, under budget
+            [every * exact, exact],  # fits at exactly min_rank, for exactly the budget
+            [every * rng.randint(exact + 1, 16), 4],  # a rank above min_rank, exactly the budget
             [_budget(attention, rng.randint(5, every * 4 // attention - 1) + upper()), 4],
             [_budget(qv, rng.randint(5, attention * 4 // qv - 1) + upper()), 4],
             [_budget(attention, rng.randint(low_k, high_k - 1) + upper()), high],
@@ -384,7 +393,9 @@ PLAN_ADAPTER = Exercise(
         "config": "SmolLM2-135M",
         "queries": [  # [budget, min_rank]; a rank costs 305,280 (all linear), 115,200, 57,600
             [3_266_496, 4],  # 10.7 ranks of all linear
-            [1_221_120, 4],  # all linear at exactly rank 4
+            [1_404_288, 4],  # 4.6 ranks of all linear: fits at 4, under the budget
+            [1_221_120, 4],  # all linear at exactly rank 4, for exactly the budget
+            [2_136_960, 4],  # all linear at exactly rank 7, for exactly the budget
             [990_720, 4],  # 8.6 ranks of attention (all linear: 3.2)
             [391_680, 4],  # 6.8 ranks of q, v (attention: 3.4)
             [1_451_520, 8],  # all linear fits at 4, not at 8; attention at 12.6

@@ -9,22 +9,13 @@ import math
 import random
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..counting import projection_shapes
 from ..targets import ATTENTION, MLP
-from .exercise import Exercise, attempt, raised, require
-
-
-def _describe(value) -> str:
-    """A short, safe description of a learner's value: its type and the start of its repr."""
-    try:
-        text = repr(value)
-    except Exception:  # noqa: BLE001 - a learner's __repr__ may raise
-        text = "?"
-    return f"{type(value).__name__} {text[:80]}"
-
+from .exercise import Exercise, attempt, describe, raised, require
 
 # --- 07.1 merged_weight(W0, A, B, alpha, r) ---------------------------------------------------
 
@@ -65,7 +56,7 @@ def observe_merged_weight(merged_weight, case):
     )
     if "call_error" not in observations:
         if result is None or isinstance(result, bool | str | bytes):
-            observations["returned"] = _describe(result)
+            observations["returned"] = describe(result)
         else:
             merged = attempt(
                 observations,
@@ -347,10 +338,10 @@ def observe_adapter_shapes_fit(adapter_shapes_fit, case):
         answer = attempt(observations, f"q{k}", lambda s=shapes: adapter_shapes_fit(s, model))
         if f"q{k}_error" in observations:
             answer = None
-        elif isinstance(answer, bool) or type(answer).__name__ == "bool_":  # numpy's bool too
+        elif isinstance(answer, bool | np.bool_):  # numpy's bool too
             answer = bool(answer)
         else:
-            observations[f"q{k}_returned"] = _describe(answer)
+            observations[f"q{k}_returned"] = describe(answer)
             answer = None
         answers.append(answer)
     observations["answers"] = answers
@@ -369,8 +360,8 @@ def judge_adapter_shapes_fit(observations, case) -> None:
         error = observations.get(f"q{k}_error")
         if error is not None and why is not None and why[1] in ("unknown", "kind"):
             raise AssertionError(
-                f"adapter_shapes_fit raised {error} for {shown}. {why[2]}: such an adapter does "
-                "not fit; answer False, do not raise"
+                f"adapter_shapes_fit raised {error} for {shown}, where {why[2]}: such an adapter "
+                "does not fit; answer False, do not raise"
             )
         raised(observations, f"q{k}", f"adapter_shapes_fit for {shown}")
         returned = observations.get(f"q{k}_returned")
@@ -452,14 +443,52 @@ def _change(model: nn.Module, name: str, kind: str, i: int, j: int) -> None:
             flat[i] += 1e-3
 
 
+# Meta's original names for Llama's modules: a checkpoint saved under them has the same
+# parameters, in number and shape, under other names.
+META_NAMES = {
+    "q_proj": "wq",
+    "k_proj": "wk",
+    "v_proj": "wv",
+    "o_proj": "wo",
+    "gate_proj": "w1",
+    "down_proj": "w2",
+    "up_proj": "w3",
+    "input_layernorm": "attention_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "norm": "final_norm",
+}
+
+
+def _rename(model: nn.Module, path: str, new: str) -> None:
+    """Register the module at `path` under the name `new` in the same parent, instead."""
+    parent_path, _, old = path.rpartition(".")
+    parent = model.get_submodule(parent_path)
+    module = parent.get_submodule(old)
+    delattr(parent, old)
+    parent.add_module(new, module)
+
+
+def _renamed(pair: dict) -> tuple[str, str]:
+    """(the parameter's name, its name in the renamed model) for a pair with a renamed module."""
+    path = pair["module"]
+    parent = path.rpartition(".")[0]
+    return f"{path}.weight", f"{parent}.{META_NAMES[path.rpartition('.')[2]]}.weight"
+
+
 def _models(case) -> dict[str, nn.Module]:
-    """Two copies of the case's tiny Llama, and one whose lm_head is not tied to its embedding."""
+    """Two copies of the case's tiny Llama, one whose lm_head is not tied to its embedding, and
+    one per pair with a renamed module."""
     untied = {**case["sizes"], "tie_word_embeddings": False}
     models = {
         "a": _tiny(case["seed"], case["sizes"]),
         "b": _tiny(case["seed"], case["sizes"]),
         "untied": _tiny(case["seed"], untied),
     }
+    for k, pair in enumerate(case["pairs"]):
+        if pair.get("renamed"):
+            models[f"renamed{k}"] = _tiny(case["seed"], case["sizes"])
+            path = pair["module"]
+            _rename(models[f"renamed{k}"], path, META_NAMES[path.rpartition(".")[2]])
     for model in models.values():
         model.model.register_buffer(BUFFER.split(".")[1], torch.zeros(4))
     return models
@@ -469,9 +498,16 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: t.detach().clone() for n, t in [*model.named_parameters(), *model.named_buffers()]}
 
 
-def _pair(models: dict, states: dict, pair: dict) -> tuple[nn.Module, nn.Module]:
+def _pair(models: dict, states: dict, k: int, pair: dict) -> tuple[nn.Module, nn.Module]:
     """The pair's two models, reset to their first values, with the pair's changes in model_b."""
-    chosen = [("untied" if pair.get("untied") == side else side) for side in ("a", "b")]
+    chosen = [
+        "untied"
+        if pair.get("untied") == side
+        else f"renamed{k}"
+        if pair.get("renamed") == side
+        else side
+        for side in ("a", "b")
+    ]
     with torch.no_grad():
         for key in chosen:
             for name, t in [*models[key].named_parameters(), *models[key].named_buffers()]:
@@ -495,7 +531,7 @@ def observe_changed_parameters(changed_parameters, case):
     for k, pair in enumerate(case["pairs"]):
         key = f"p{k}"
         pair_models = attempt(
-            observations, f"{key}_models", lambda p=pair: _pair(models, states, p)
+            observations, f"{key}_models", lambda k=k, p=pair: _pair(models, states, k, p)
         )
         if pair_models is None:  # the learner's code broke a model in an earlier call
             names.append(None)
@@ -516,7 +552,7 @@ def observe_changed_parameters(changed_parameters, case):
             except Exception:  # noqa: BLE001 - not iterable
                 listed = None
             if listed is None or not all(isinstance(n, str) for n in listed):
-                observations[f"{key}_returned"] = _describe(result)
+                observations[f"{key}_returned"] = describe(result)
                 listed = None
         names.append(listed)
     observations["names"], observations["mutated"] = names, mutated
@@ -535,12 +571,8 @@ def judge_changed_parameters(observations, case) -> None:
             "them without changing either",
         )
         error = observations.get(f"p{k}_error")
-        if pair.get("untied"):
-            side = f"model_{pair['untied']}"
-            situation = (
-                f"here lm_head.weight is a parameter of {side} only (its lm_head is not tied to "
-                "the embedding): the two models do not have the same parameters"
-            )
+        situation = _not_the_same(pair)
+        if situation is not None:
             if error is not None and not error.startswith("NotImplementedError"):
                 require(
                     error.startswith("ValueError"),
@@ -552,6 +584,12 @@ def judge_changed_parameters(observations, case) -> None:
                 f"{call} answered {observations['names'][k]}; {situation}, so they are not the "
                 "same architecture and there is no answer: raise ValueError"
             )
+        require(
+            error is None or "ambiguous" not in error,
+            f"{call} raised {error}: comparing two tensors with != (or ==) compares them value "
+            "by value and gives a tensor of booleans, which `if` cannot read as one answer; the "
+            "question is whether every value is equal (torch.equal compares them all)",
+        )
         raised(observations, f"p{k}", call)
         returned = observations.get(f"p{k}_returned")
         require(returned is None, f"{call} should return a list of parameter names, got {returned}")
@@ -566,6 +604,25 @@ def judge_changed_parameters(observations, case) -> None:
         if got == want:
             continue
         _diagnose_changed(got, want, kinds, order, call)
+
+
+def _not_the_same(pair: dict) -> str | None:
+    """How the pair's two models differ in their parameters' names, or None if they do not."""
+    if pair.get("untied"):
+        side = f"model_{pair['untied']}"
+        return (
+            f"here lm_head.weight is a parameter of {side} only (its lm_head is not tied to "
+            "the embedding): the two models do not have the same parameters"
+        )
+    if pair.get("renamed"):
+        side = f"model_{pair['renamed']}"
+        name, new = _renamed(pair)
+        return (
+            f"here {side} has a module under another name: its {new} is {name} in the other "
+            "model, with the same shape. The two models have as many parameters, but not the "
+            "same ones (not the same names)"
+        )
+    return None
 
 
 def _diagnose_changed(got, want, kinds, order, call) -> None:
@@ -587,6 +644,11 @@ def _diagnose_changed(got, want, kinds, order, call) -> None:
             raise AssertionError(f"two identical models: nothing differs, but you listed {name}")
         require(name in order, f"{call} listed {name!r}, which is not a parameter of these models")
         require(name in want, f"{name} is equal in both models, but you listed it")
+    require(
+        not (len(want) > 1 and got == want[:1]),
+        f"you listed only {got[0] if got else ''}, 1 of the {len(want)} changed parameters: "
+        "keep going after the first difference",
+    )
     for kind in ("swap", "step", "add"):  # the summaries' blind spot first, then tolerances
         of_kind = [name for name in want if kinds[name] == kind]
         missing = [name for name in of_kind if name not in got]
@@ -635,6 +697,12 @@ def _changed_case(rng: random.Random, seed: int, sizes: dict) -> dict:
             {"changes": [[n, "add", entry(), entry()] for n in added], "buffer": True},
             {"untied": "b"},
             {"untied": "a"},
+            {  # as many parameters, of the same shapes, one under another name
+                "renamed": rng.choice("ab"),
+                "module": rng.choice(
+                    [n.removesuffix(".weight") for n in order if n != "model.embed_tokens.weight"]
+                ),
+            },
         ],
     }
 

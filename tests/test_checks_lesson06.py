@@ -258,3 +258,14 @@ def test_visible_cases_separate_the_mistakes():
     assert any(f > 0.5 for f in fractions) and any(0 < f < 0.5 for f in fractions)
     assert any(b < _per(config, t) / 2 for t, b in queries)
     assert all(abs(f - 0.5) > 0.01 for f in fractions)  # no ties
+
+
+def test_rank_for_budget_that_changes_the_callers_targets_fails_by_name():
+    from lora_course.checks.lesson06 import RANK_FOR_BUDGET
+    from lora_course.counting import rank_for_budget
+
+    def appends(config, targets, budget):
+        targets.append("q_proj")  # a learner's "all of these plus q_proj"
+        return rank_for_budget(config, targets, budget)
+
+    fails(RANK_FOR_BUDGET, appends, "changed the targets list")

@@ -103,8 +103,10 @@ def observe_rank_for_budget(rank_for_budget, case):
     ranks = []
     for k, (targets, budget) in enumerate(case["queries"]):
         config = build_config(case["config"])  # a fresh one per call: nothing carries over
-        call = lambda c=config, t=list(targets), b=budget: rank_for_budget(c, t, b)  # noqa: E731
+        given = list(targets)
+        call = lambda c=config, t=given, b=budget: rank_for_budget(c, t, b)  # noqa: E731
         ranks.append(_observe_number(observations, f"q{k}", call))
+        observations[f"q{k}_targets"] = [str(t) for t in given]  # the list as the call left it
     observations["ranks"] = ranks
     return observations
 
@@ -115,6 +117,13 @@ def judge_rank_for_budget(observations, case) -> None:
     for k, (targets, budget) in enumerate(queries):
         _judge_number(
             observations, f"q{k}", f"rank_for_budget({name}, [{_names(targets)}], {budget:,})"
+        )
+    for k, (targets, budget) in enumerate(queries):
+        left = observations.get(f"q{k}_targets", list(targets))
+        require(
+            left == list(targets),
+            f"rank_for_budget({name}, [{_names(targets)}], {budget:,}) changed the targets list "
+            f"it was given (now [{_names(left)}]): leave the caller's list as it is",
         )
     got = observations["ranks"]
     for (targets, budget), g in zip(queries, got, strict=True):

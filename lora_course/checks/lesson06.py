@@ -8,7 +8,15 @@ import random
 from ..architectures import ARCHITECTURES, build_config
 from ..counting import lora_parameters, projection_shapes
 from ..targets import ATTENTION, MLP, PROJECTIONS, TARGET_PRESETS
-from .exercise import Exercise, attempt, describe, raised, require
+from .exercise import (
+    Exercise,
+    attempt,
+    describe,
+    judge_number,
+    observe_number,
+    raised,
+    require,
+)
 
 # Llama-style architectures with grouped-query attention (fewer key/value heads than query
 # heads): on them, counting k_proj and v_proj at full width gives a different answer.
@@ -17,29 +25,6 @@ GQA_ARCHITECTURES = tuple(
     for name, (_, fields, _) in ARCHITECTURES.items()
     if fields["num_key_value_heads"] < fields["num_attention_heads"]
 )
-
-
-def _observe_number(observations, key: str, call):
-    """Run one call of the learner's code: a float, or None with the error or odd result noted."""
-    value = attempt(observations, key, call)
-    if f"{key}_error" in observations:
-        return None
-    if value is None or isinstance(value, bool | str | bytes):
-        observations[f"{key}_returned"] = describe(value)
-        return None
-    try:
-        return float(value)
-    except Exception:  # noqa: BLE001 - a tensor of many values, a list, an object...
-        observations[f"{key}_returned"] = describe(value)
-        return None
-
-
-def _judge_number(observations, key: str, what: str) -> None:
-    """Fail, naming the call, if it raised or did not return a single number."""
-    raised(observations, key, what)
-    returned = observations.get(f"{key}_returned")
-    if returned is not None:
-        raise AssertionError(f"{what} should return a number, got {returned}")
 
 
 def _per_rank(config, targets) -> int:
@@ -105,7 +90,7 @@ def observe_rank_for_budget(rank_for_budget, case):
         config = build_config(case["config"])  # a fresh one per call: nothing carries over
         given = list(targets)
         call = lambda c=config, t=given, b=budget: rank_for_budget(c, t, b)  # noqa: E731
-        ranks.append(_observe_number(observations, f"q{k}", call))
+        ranks.append(observe_number(observations, f"q{k}", call))
         observations[f"q{k}_targets"] = [str(t) for t in given]  # the list as the call left it
     observations["ranks"] = ranks
     return observations
@@ -115,7 +100,7 @@ def judge_rank_for_budget(observations, case) -> None:
     """Exercise 06.1: the rank (at least 1) whose parameter count is closest to the budget."""
     config, name, queries = build_config(case["config"]), case["config"], case["queries"]
     for k, (targets, budget) in enumerate(queries):
-        _judge_number(
+        judge_number(
             observations, f"q{k}", f"rank_for_budget({name}, [{_names(targets)}], {budget:,})"
         )
     for k, (targets, budget) in enumerate(queries):
@@ -273,7 +258,7 @@ def observe_plan_adapter(plan_adapter, case):
         if odd:
             observations[f"{key}_returned"] = f"targets holding {describe(odd[0])}"
             continue
-        rank = _observe_number(observations, f"{key}_r", lambda r=r: r)
+        rank = observe_number(observations, f"{key}_r", lambda r=r: r)
         if rank is not None:
             plans[k] = {"targets": [str(t) for t in targets], "r": rank}
     observations["plans"] = plans
@@ -473,14 +458,14 @@ def observe_mlp_share(mlp_share, case):
     """Exercise 06.3: the learner's MLP share on the case's config."""
     observations = {}
     config = build_config(case["config"])
-    observations["share"] = _observe_number(observations, "call", lambda: mlp_share(config))
+    observations["share"] = observe_number(observations, "call", lambda: mlp_share(config))
     return observations
 
 
 def judge_mlp_share(observations, case) -> None:
     """Exercise 06.3: in × out of gate, up and down over in × out of all seven projections."""
     name = case["config"]
-    _judge_number(observations, "call", f"mlp_share({name})")
+    judge_number(observations, "call", f"mlp_share({name})")
     got = observations["share"]
     shapes = projection_shapes(build_config(name))
     size = {t: i * o for t, (i, o) in shapes.items()}

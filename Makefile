@@ -55,6 +55,7 @@ lock: env  # after changing a dependency: record the versions that now produce t
 
 bench: env
 	$(PY) benchmarks/bench_lora_layer.py
+	source tools/course_env.sh && $(PY) benchmarks/bench_training_step.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -41,7 +41,7 @@ def cache_dir() -> Path:
 
 
 def display_path(path: str | Path) -> str:
-    """A path as notebooks print it: under the course cache or home, not this machine's root."""
+    """A path as notebooks print it (notebook 05): under the course cache or home, not the root."""
     path = Path(path).expanduser()
     for root, label in ((cache_dir(), "<course cache>"), (Path.home(), "~")):
         try:

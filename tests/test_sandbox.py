@@ -55,3 +55,9 @@ def test_a_shard_is_a_deterministic_slice_and_the_shards_cover_everything(tmp_pa
     assert sorted(slices[0] + slices[1]) == submissions(tmp_path)
     assert [p.stem for p in slices[0]] == ["a", "c", "e"]
     assert all(isinstance(p, Path) for p in slices[1])
+
+
+def test_a_home_folder_of_slash_is_not_hidden(tmp_path):
+    args = sandbox.bwrap_prefix(tmp_path, [Path("/")])  # HOME=/ in some containers
+    pairs = list(zip(args, args[1:], strict=False))
+    assert ("--tmpfs", "/") not in pairs and ("--ro-bind", "/") in pairs

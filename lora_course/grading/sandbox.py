@@ -52,7 +52,8 @@ def bwrap_prefix(workdir: Path, hidden: list[Path]) -> list[str]:
     args = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     needed = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, _package_root())}
     private = [Path("/tmp"), Path("/var/tmp"), Path("/dev/shm")]  # empty, writable, its own
-    for folder in [*private, *(f.resolve() for f in hidden if f.exists())]:
+    hidden = [f.resolve() for f in hidden if f.exists() and f.resolve() != Path("/")]  # HOME=/
+    for folder in [*private, *hidden]:
         args += ["--tmpfs", str(folder)]
         for path in sorted(p for p in needed if _under(p, folder)):
             args += ["--ro-bind", str(path), str(path)]  # the course itself stays visible

@@ -61,3 +61,15 @@ def test_a_home_folder_of_slash_is_not_hidden(tmp_path):
     args = sandbox.bwrap_prefix(tmp_path, [Path("/")])  # HOME=/ in some containers
     pairs = list(zip(args, args[1:], strict=False))
     assert ("--tmpfs", "/") not in pairs and ("--ro-bind", "/") in pairs
+
+
+def test_a_notebook_that_breaks_the_grader_is_reported_in_its_row(tmp_path):
+    from lora_course.grading.grader import Options, grade_folder
+
+    notebook = '{"cells": [], "metadata": {"lora_course": "not a dict"}, "nbformat": 4, '
+    (tmp_path / "odd.ipynb").write_text(notebook + '"nbformat_minor": 5}')
+    (tmp_path / "weird.ipynb").write_text('{"cells": 5, "metadata": {}, "nbformat": 4}')
+    grades = grade_folder(tmp_path, Options(use_sandbox=False))
+    assert [g.student for g in grades] == ["odd", "weird"]
+    assert grades[0].status.startswith("unknown lesson")
+    assert grades[1].status.startswith(("unreadable", "grader error"))

@@ -59,11 +59,23 @@ def grade_folder(
     """Grade every submission of the shard, `jobs` at a time; the order is the files' order."""
     paths = submissions(folder, shard)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # each job waits on a sandbox
-        futures = [pool.submit(grade_file, path, Path(folder), options) for path in paths]
+        futures = [pool.submit(_grade_safely, path, Path(folder), options) for path in paths]
         for _ in as_completed(futures):
             if progress is not None:
                 progress.update(1)
     return [future.result() for future in futures]
+
+
+def _grade_safely(path: Path, root: Path, options: Options) -> Grade:
+    """grade_file, with any failure of the grader itself reported in the row, not raised."""
+    try:
+        return grade_file(path, root, options)
+    except Exception as error:  # noqa: BLE001 - one odd notebook must not stop a class's grading
+        relative = path.relative_to(root)
+        grade = Grade(student=relative.parts[0] if len(relative.parts) > 1 else path.stem,
+                      file=str(relative))  # fmt: skip
+        grade.status = f"grader error ({type(error).__name__}: {str(error)[:150]}): grade by hand"
+        return grade
 
 
 def grade_file(path: Path, root: Path, options: Options = Options()) -> Grade:
@@ -123,7 +135,8 @@ def grade_file(path: Path, root: Path, options: Options = Options()) -> Grade:
 
 
 def _lesson(notebook, path: Path) -> str:
-    lesson = notebook.metadata.get("lora_course", {}).get("exercises")
+    course = notebook.metadata.get("lora_course")
+    lesson = course.get("exercises") if isinstance(course, dict) else None
     return lesson if isinstance(lesson, str) else path.name[:2]
 
 

@@ -59,7 +59,10 @@ while True:
     except BaseException:
         pass
 """
-MEMORY_HOG = "hog = []\nwhile True:\n    hog.append(bytearray(100 * 2**20))"
+# RLIMIT_AS caps address space, so untouched 1 GiB blocks meet the limit as touched ones would, at
+# once: a bytearray loop spends most of its time filling pages and can outlast the 2 s cell limit
+# on a loaded machine (it did in CI), which would test the clock, not the memory cap.
+MEMORY_HOG = "import numpy\nhog = []\nwhile True:\n    hog.append(numpy.empty(2**27))  # 1 GiB each"
 BACKGROUND = f"""
 import subprocess, sys
 subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)  # {MARK}"],

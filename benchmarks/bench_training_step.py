@@ -1,22 +1,30 @@
-"""Notebook 05's LoRA training step on this CPU: fp32 against bf16 autocast, measured side by side.
+"""Notebook 05's LoRA training step on this CPU: fp32 against the course's setting, side by side.
 
 One run measures, in this order: the machine's matmul peak in fp32 and bf16 (a 2048 x 2048 product
-and a SmolLM2-shaped one); then notebook 05's recipe (PEFT, all linear layers, the Trainer,
-batch 8 of the ticket task) for a few steps in fp32 and in bf16 autocast (weights and adapters stay
-fp32, as on a GPU), alternating the two so that drift on a busy machine hits both. For each: seconds
-per step (median after a warm-up step), real tokens per second (padding excluded), the share of
-padded tokens, achieved GFLOP/s by the 4-FLOPs-per-weight-per-token estimate (forward, and backward
-through frozen weights; LoRA's own work is under 1% of it) and its share of the measured peak. The
-last line is the ratio. Notebook 05's r and learning rate are FinetuneConfig's defaults.
+and a SmolLM2-shaped one); the share of padded tokens over one epoch of the Trainer's batches, in
+random order and grouped by length; then notebook 05's recipe (PEFT, all linear layers, the
+Trainer, batch 8 of the ticket task) for a few steps in each configuration below, round by round,
+so that drift on a busy machine hits all of them:
 
-    python benchmarks/bench_training_step.py [--steps 6] [--rounds 2] [--batch 8]
+    fp32             what every CPU ran before: fp32, batches in random order
+    bf16             bf16 autocast (weights and adapters stay fp32, as on a GPU), random order
+    bf16 grouped     + batches grouped by length: the course's setting (see make_trainer)
+    ... eager        + eager attention instead of SDPA (the transformers default)
+    ... compiled     + torch.compile of the model (with --compile: minutes of compilation first)
+
+For each: seconds per step and real tokens per second (padding excluded; the steps after a warm-up
+step), the padding share of the steps measured, achieved GFLOP/s by the 4-FLOPs-per-weight-per-token
+estimate (forward, and backward through frozen weights; LoRA's own work is under 1% of it) and its
+share of the measured peak. The last line is the course's setting against fp32.
+
+    python benchmarks/bench_training_step.py [--steps 6] [--rounds 2] [--batch 8] [--compile]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import statistics
+import dataclasses
 import tempfile
 import time
 import warnings
@@ -32,6 +40,25 @@ from lora_course.finetune import AnswerOnlyCollator, FinetuneConfig, make_traine
 
 FP32 = Precision("cpu", torch.float32, torch.float32, False, "fp32")
 BF16 = Precision("cpu", torch.float32, torch.bfloat16, False, "bf16 autocast")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One way to run the recipe's step."""
+
+    precision: Precision
+    sampling: str = "group_by_length"  # the Trainer's train_sampling_strategy
+    attention: str = "sdpa"
+    compiled: bool = False
+
+
+SETTINGS = {
+    "fp32": Setting(FP32, sampling="random"),
+    "bf16": Setting(BF16, sampling="random"),
+    "bf16 grouped": Setting(BF16),  # the course's setting on a CPU with bf16 instructions
+    "... eager": Setting(BF16, attention="eager"),
+}
+COURSE = "bf16 grouped"
 
 
 def matmul_gflops(dtype: torch.dtype, m: int, k: int, n: int, seconds: float = 2.0) -> float:
@@ -60,86 +87,114 @@ class StepTimer(TrainerCallback):
 
 
 class CountingCollator(AnswerOnlyCollator):
-    """The recipe's collator, counting real and padded tokens of every batch it builds."""
+    """The recipe's collator, recording (real, total) tokens of every batch it builds, in order."""
 
     def __init__(self, pad_id: int):
         super().__init__(pad_id)
-        self.real = self.total = 0
+        self.tokens = []
 
     def __call__(self, rows):
         batch = super().__call__(rows)
-        self.real += int(batch["attention_mask"].sum())
-        self.total += batch["attention_mask"].numel()
+        mask = batch["attention_mask"]  # (B, T)
+        self.tokens.append((int(mask.sum()), mask.numel()))
         return batch
 
 
 def matmul_weights(model) -> int:
     """Weights that take part in a matmul for every token: the linear layers and the LM head."""
-    linear = (torch.nn.Linear,)
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, linear))
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def train_steps(model, tokenizer, config: FinetuneConfig, precision: Precision) -> dict:
-    """Run the recipe for config.steps steps; seconds per step and tokens, measured."""
+def recipe_trainer(model, tokenizer, config, setting: Setting, output_dir):
+    """make_trainer (notebook 05's) with `setting`'s sampling, counting tokens, no display."""
+    trainer = make_trainer(model, tokenizer, tokenized_task(config.task, tokenizer)["train"],
+                           config, setting.precision, output_dir)  # fmt: skip
+    trainer.args.train_sampling_strategy = setting.sampling
+    trainer.data_collator = CountingCollator(tokenizer.pad_token_id)
+    for quiet in (ProgressCallback, PrinterCallback):  # the course's bar is a ProgressCallback
+        trainer.remove_callback(quiet)
+    return trainer
+
+
+def epoch_padding(model, tokenizer, config, sampling: str) -> float:
+    """Share of padded tokens over one epoch of the Trainer's batches (no training)."""
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer = recipe_trainer(model, tokenizer, config, Setting(FP32, sampling), output_dir)
+        for _ in trainer.get_train_dataloader():
+            pass
+        real, total = map(sum, zip(*trainer.data_collator.tokens, strict=True))
+    return 1 - real / total
+
+
+def train_steps(model, tokenizer, config: FinetuneConfig, setting: Setting) -> dict:
+    """Run the recipe for config.steps steps; seconds and tokens of the steps after the first."""
     from peft import get_peft_model
 
     torch.manual_seed(config.seed)
-    peft_model = get_peft_model(copy.deepcopy(model), config.lora_config())
-    rows = tokenized_task(config.task, tokenizer)["train"]
+    base = copy.deepcopy(model)
+    base.set_attn_implementation(setting.attention)
+    peft_model = get_peft_model(base, config.lora_config())
+    if setting.compiled:
+        peft_model.base_model.model.compile()
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = make_trainer(peft_model, tokenizer, rows, config, precision, output_dir)
-        trainer.data_collator = collator = CountingCollator(tokenizer.pad_token_id)
+        trainer = recipe_trainer(peft_model, tokenizer, config, setting, output_dir)
         timer = StepTimer()
         trainer.add_callback(timer)
-        for quiet in (ProgressCallback, PrinterCallback):  # no bar, no log line per step
-            trainer.remove_callback(quiet)
         trainer.train()
-    steady = timer.times[1:]  # the first step pays for lazy initialisation
-    per_step = statistics.median(steady)
-    real, total = collator.real / config.steps, collator.total / config.steps
-    return {"s_per_step": per_step, "real_per_step": real, "total_per_step": total}
+    tokens = trainer.data_collator.tokens[1 : config.steps]  # the dataloader may build one ahead
+    real, total = map(sum, zip(*tokens, strict=True))
+    seconds = sum(timer.times[1:])  # the first step pays for lazy initialisation
+    return {"seconds": seconds, "steps": len(timer.times) - 1, "real": real, "total": total}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6, help="training steps per measurement")
-    parser.add_argument("--rounds", type=int, default=2, help="fp32/bf16 measurements each")
+    parser.add_argument("--rounds", type=int, default=2, help="measurements of each setting")
     parser.add_argument("--batch", type=int, default=8, help="batch size (notebook 05: 8)")
+    parser.add_argument("--compile", action="store_true", help="also try torch.compile")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
+    settings = dict(SETTINGS)
+    if args.compile:
+        settings["... compiled"] = Setting(BF16, compiled=True)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     peaks = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         square = matmul_gflops(dtype, 2048, 2048, 2048)
         shaped = matmul_gflops(dtype, 800, 576, 1536)  # 800 tokens through an MLP projection
-        peaks[name] = max(square, shaped)
+        peaks[dtype] = max(square, shaped)
         print(f"matmul peak {name}: 2048^3 {square:4.0f} GFLOP/s, 800x576x1536 {shaped:4.0f}")
 
-    model, tokenizer = lora_course.load_smollm2(dtype=torch.float32)
+    model, tokenizer = lora_course.load_smollm2(dtype=torch.float32, verbose=False)
     config = FinetuneConfig(task="tickets", steps=args.steps, batch_size=args.batch)
+    for sampling in ("random", "group_by_length"):
+        share = epoch_padding(model, tokenizer, config, sampling)
+        print(f"padded tokens over one epoch, batches in {sampling} order: {share:.1%}")
+
     weights = matmul_weights(model)
-    runs = {"fp32": [], "bf16": []}
-    for _ in range(args.rounds):  # alternate, so that drift hits both
-        runs["fp32"].append(train_steps(model, tokenizer, config, FP32))
-        runs["bf16"].append(train_steps(model, tokenizer, config, BF16))
+    runs = {name: [] for name in settings}
+    for _ in range(args.rounds):  # round by round, so that drift hits every setting
+        for name, setting in settings.items():
+            runs[name].append(train_steps(model, tokenizer, config, setting))
 
     print(f"\nnotebook 05's recipe: all linear layers, r = {config.r}, batch {config.batch_size}, "
-          f"{args.steps} steps x {args.rounds} rounds (median step after the first)")  # fmt: skip
+          f"{args.steps} steps x {args.rounds} rounds (all but each run's first step)")  # fmt: skip
     header = ("", "s/step", "real tok/s", "padding", "GFLOP/s", "of peak")
-    print("{:<6}{:>9}{:>12}{:>9}{:>10}{:>9}".format(*header))
+    print("{:<14}{:>8}{:>12}{:>9}{:>10}{:>9}".format(*header))
     real_rate = {}
     for name, measured in runs.items():
-        per_step = statistics.median(r["s_per_step"] for r in measured)
-        real = statistics.mean(r["real_per_step"] for r in measured)
-        total = statistics.mean(r["total_per_step"] for r in measured)
-        gflops = 4 * weights * total / per_step / 1e9
-        real_rate[name] = real / per_step
-        print(f"{name:<6}{per_step:>9.2f}{real_rate[name]:>12.0f}{1 - real / total:>9.0%}"
-              f"{gflops:>10.0f}{gflops / peaks[name]:>9.0%}")  # fmt: skip
-    speedup = real_rate["bf16"] / real_rate["fp32"]
+        seconds, steps = (sum(r[key] for r in measured) for key in ("seconds", "steps"))
+        real, total = (sum(r[key] for r in measured) for key in ("real", "total"))
+        gflops = 4 * weights * total / seconds / 1e9
+        real_rate[name] = real / seconds
+        peak = peaks[settings[name].precision.compute_dtype]
+        print(f"{name:<14}{seconds / steps:>8.2f}{real_rate[name]:>12.0f}{1 - real / total:>9.0%}"
+              f"{gflops:>10.0f}{gflops / peak:>9.0%}")  # fmt: skip
+    speedup = real_rate[COURSE] / real_rate["fp32"]
     print(f"training step speedup vs fp32: {speedup:.2f}x "
-          f"(real tokens/s {real_rate['fp32']:.0f} -> {real_rate['bf16']:.0f})")  # fmt: skip
+          f"(real tokens/s {real_rate['fp32']:.0f} -> {real_rate[COURSE]:.0f})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -124,6 +124,28 @@ class AnswerOnlyCollator:
         return collate(rows, self.pad_id)  # input_ids, attention_mask, labels: (B, T)
 
 
+def padding_share(lengths: list[int], batch_size: int, order: str, seed: int = 0) -> float:
+    """Padded share of the tokens of one epoch of batches: 'random' or 'group_by_length' order.
+
+    Each batch is padded to its longest row, as AnswerOnlyCollator does; 'group_by_length' draws
+    the order with the function the Trainer's length-grouped sampler uses (notebook 05).
+    """
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    generator = torch.Generator().manual_seed(seed)
+    if order == "random":
+        indices = torch.randperm(len(lengths), generator=generator).tolist()
+    elif order == "group_by_length":
+        indices = get_length_grouped_indices(lengths, batch_size, generator=generator)
+    else:
+        raise ValueError(f"order must be 'random' or 'group_by_length', got {order!r}")
+    real = total = 0
+    for start in range(0, len(indices), batch_size):
+        batch = [lengths[i] for i in indices[start : start + batch_size]]
+        real, total = real + sum(batch), total + max(batch) * len(batch)
+    return 1 - real / total
+
+
 def training_settings(config: FinetuneConfig, precision: Precision, output_dir) -> dict:
     """TrainingArguments keywords: constant lr, no checkpoints, a loss logged every step."""
     return {
@@ -143,7 +165,9 @@ def training_settings(config: FinetuneConfig, precision: Precision, output_dir) 
         "dataloader_pin_memory": precision.device == "cuda",
         "remove_unused_columns": False,  # the collator needs input_ids and labels as they are
         "use_cpu": precision.device == "cpu",
-        **precision.trainer_kwargs,  # bf16=True on Ampere+, fp16=True (loss scaling) on a T4
+        # batches of similar lengths: a row is padded to its batch's longest (a fixed, seeded order)
+        "train_sampling_strategy": "group_by_length",
+        **precision.trainer_kwargs,  # bf16 on Ampere+ and bf16 CPUs, fp16 (loss scaling) on a T4
     }
 
 
@@ -153,12 +177,28 @@ def make_trainer(
     """A transformers Trainer for a PEFT model on tokenized rows (columns input_ids, labels)."""
     from transformers import Trainer, TrainingArguments
 
-    return Trainer(
+    trainer = Trainer(
         model=model,
         args=TrainingArguments(**training_settings(config, precision, output_dir)),
         train_dataset=train_rows,
         data_collator=AnswerOnlyCollator(tokenizer.pad_token_id),
     )
+    _bar_without_log_lines(trainer)  # the losses stay in trainer.state.log_history
+    return trainer
+
+
+def _bar_without_log_lines(trainer) -> None:
+    """Replace the Trainer's progress display (a bar plus a printed dict per logged step)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.utils.notebook import NotebookProgressCallback
+
+    class StepBar(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass  # the stock callback writes every log dict under the bar: 100 lines a run
+
+    for noisy in (NotebookProgressCallback, ProgressCallback, PrinterCallback):
+        trainer.remove_callback(noisy)
+    trainer.add_callback(StepBar())
 
 
 def out_of_memory_advice(config: FinetuneConfig) -> str:

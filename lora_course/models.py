@@ -235,27 +235,29 @@ def _quiet_transformers():
             logging.enable_progress_bar()
 
 
+#: tiny_llama's sizes: SmolLM2's structure, grouped-query attention included, at a width of 64.
+TINY_LLAMA = {
+    "vocab_size": 128,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+    "tie_word_embeddings": True,
+}
+
+
 def tiny_llama(seed: int = 0, **overrides):
     """A randomly initialized Llama small enough for tests and exercises (seconds on a CPU).
 
     It has SmolLM2's structure, grouped-query attention included (k_proj and v_proj are
-    narrower than q_proj), at a width of 64 instead of 576.
+    narrower than q_proj), at a width of 64 instead of 576: the sizes are TINY_LLAMA's.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    settings = {
-        "vocab_size": 128,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 64,
-        "tie_word_embeddings": True,
-    }
-    settings.update(overrides)
     torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**settings)).eval()
+    return LlamaForCausalLM(LlamaConfig(**{**TINY_LLAMA, **overrides})).eval()
 
 
 if __name__ == "__main__":  # `python -m lora_course.models`: convert the packaged GGUF now

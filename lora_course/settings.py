@@ -12,6 +12,8 @@ FAST_ENV = "LORA_COURSE_FAST"
 MODEL_ENV = "LORA_COURSE_MODEL"
 #: Where converted model weights and trained adapters are cached.
 CACHE_ENV = "LORA_COURSE_CACHE"
+#: Set to 0 to train in fp32 on a CPU that has bf16 instructions (default: bf16 autocast there).
+CPU_BF16_ENV = "LORA_COURSE_CPU_BF16"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
@@ -25,6 +27,16 @@ def fast_mode() -> bool:
     if value in _FALSE:
         return False
     raise ValueError(f"{FAST_ENV}={value!r} is not understood; use 1 (fast) or 0 (full).")
+
+
+def cpu_bf16_allowed() -> bool:
+    """False when LORA_COURSE_CPU_BF16=0 turns CPU bf16 autocast off (read by choose_precision)."""
+    value = os.environ.get(CPU_BF16_ENV, "1").strip().lower()
+    if value in _TRUE or value == "":
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{CPU_BF16_ENV}={value!r} is not understood; use 0 (fp32) or 1 (bf16).")
 
 
 def by_mode(*, full, fast):

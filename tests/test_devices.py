@@ -1,11 +1,12 @@
 """The device/precision policy, tested through its decisions (no GPU needed)."""
 
+import platform
 import warnings
 
 import pytest
 import torch
 
-from lora_course import choose_precision
+from lora_course import choose_precision, devices
 
 
 def autocast_settings(precision):
@@ -27,8 +28,9 @@ def scaler_enabled(precision, monkeypatch):
     return precision.grad_scaler().is_enabled()
 
 
-def test_cpu_trains_in_fp32_without_loss_scaling():
-    p = choose_precision(cuda_available=False)
+def test_a_cpu_without_bf16_instructions_trains_in_fp32(monkeypatch):
+    monkeypatch.delenv("LORA_COURSE_CPU_BF16", raising=False)
+    p = choose_precision(cuda_available=False, cpu_bf16="")
     assert (p.device, p.weight_dtype, p.compute_dtype, p.loss_scaling) == (
         "cpu",
         torch.float32,
@@ -38,6 +40,62 @@ def test_cpu_trains_in_fp32_without_loss_scaling():
     assert p.trainer_kwargs == {"bf16": False, "fp16": False}
     assert not p.grad_scaler().is_enabled()
     assert autocast_settings(p) is None
+    assert "no bf16 instructions" in str(p)
+
+
+@pytest.mark.parametrize("instructions", ["avx512_bf16", "AMX", "Arm bf16"])
+def test_a_cpu_with_bf16_instructions_autocasts_over_fp32_weights(instructions, monkeypatch):
+    monkeypatch.delenv("LORA_COURSE_CPU_BF16", raising=False)
+    p = choose_precision(cuda_available=False, cpu_bf16=instructions)
+    assert (p.device, p.weight_dtype, p.compute_dtype) == ("cpu", torch.float32, torch.bfloat16)
+    assert not p.loss_scaling, "bf16 has fp32's exponent range: no loss scaling"
+    assert p.trainer_kwargs == {"bf16": True, "fp16": False}
+    assert autocast_settings(p) == ("cpu", torch.bfloat16)
+    assert instructions in str(p) and "LORA_COURSE_CPU_BF16=0" in str(p), "says how to opt out"
+
+
+@pytest.mark.parametrize("value", ["0", "false", "off"])
+def test_the_environment_variable_turns_cpu_bf16_off(value, monkeypatch):
+    monkeypatch.setenv("LORA_COURSE_CPU_BF16", value)
+    p = choose_precision(cuda_available=False, cpu_bf16="avx512_bf16")
+    assert p.compute_dtype == torch.float32 and autocast_settings(p) is None
+    assert "avx512_bf16" in str(p) and "asks for fp32" in str(p)
+    monkeypatch.setenv("LORA_COURSE_CPU_BF16", "1")
+    assert choose_precision(cuda_available=False, cpu_bf16="avx512_bf16").compute_dtype == (
+        torch.bfloat16
+    )
+    monkeypatch.setenv("LORA_COURSE_CPU_BF16", "maybe")
+    with pytest.raises(ValueError, match="LORA_COURSE_CPU_BF16='maybe'"):
+        choose_precision(cuda_available=False, cpu_bf16="avx512_bf16")
+
+
+def test_the_cpu_decision_reads_the_instruction_set(monkeypatch):
+    """Like the T4 trap: torch runs bf16 on any CPU (slowly); only the instructions count."""
+    monkeypatch.delenv("LORA_COURSE_CPU_BF16", raising=False)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    for amx, avx512_bf16, expected in [
+        (True, True, "AMX"),
+        (False, True, "avx512_bf16"),
+        (False, False, ""),
+    ]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        assert devices.cpu_bf16_instructions() == expected
+        dtype = choose_precision(cuda_available=False).compute_dtype
+        assert dtype == (torch.bfloat16 if expected else torch.float32)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a build without the probe
+    assert devices.cpu_bf16_instructions() == ""
+
+
+def test_a_cpu_bf16_autocast_step_keeps_fp32_weights_and_gradients():
+    """What the Trainer's bf16=True does on a CPU: bf16 matmuls, fp32 parameters and grads."""
+    p = choose_precision(cuda_available=False, cpu_bf16="avx512_bf16")
+    layer = torch.nn.Linear(8, 4)
+    with p.autocast():
+        y = layer(torch.randn(3, 8))  # (3, 4)
+    y.float().pow(2).mean().backward()
+    assert y.dtype == torch.bfloat16
+    assert layer.weight.dtype == layer.weight.grad.dtype == torch.float32
 
 
 @pytest.mark.parametrize(
@@ -87,7 +145,7 @@ def test_without_arguments_the_gpus_capability_decides(gpu, capability, compute_
 
 
 def test_autocast_is_a_no_op_in_fp32():
-    p = choose_precision(cuda_available=False)
+    p = choose_precision(cuda_available=False, cpu_bf16="")
     with p.autocast():
         y = torch.ones(2, 2) @ torch.ones(2, 2)
     assert y.dtype == torch.float32

@@ -14,13 +14,16 @@ from lora_course.finetune import (
     cached_adapter,
     fine_tune,
     make_trainer,
+    padding_share,
     training_settings,
 )
 from lora_course.tasks import TASKS
 
-CPU = choose_precision(cuda_available=False)
+CPU = choose_precision(cuda_available=False, cpu_bf16="")
+CPU_BF16 = choose_precision(cuda_available=False, cpu_bf16="avx512_bf16")
 DEVICES = {
     "CPU": CPU,
+    "CPU bf16": CPU_BF16,
     "T4": choose_precision(cuda_available=True, capability=(7, 5), device_name="Tesla T4"),
     "L4": choose_precision(cuda_available=True, capability=(8, 9), device_name="NVIDIA L4"),
     "A100": choose_precision(cuda_available=True, capability=(8, 0), device_name="A100"),
@@ -34,8 +37,8 @@ def _sizes(config):
 
 @pytest.mark.parametrize(
     ("device", "fast", "runtime"),
-    [("CPU", "0", "cpu"), ("CPU", "1", "fast"), ("T4", "0", "cuda"), ("L4", "0", "cuda"),
-     ("A100", "0", "cuda"), ("H100", "0", "cuda"), ("H100", "1", "fast")],
+    [("CPU", "0", "cpu"), ("CPU", "1", "fast"), ("CPU bf16", "0", "cpu"), ("T4", "0", "cuda"),
+     ("L4", "0", "cuda"), ("A100", "0", "cuda"), ("H100", "0", "cuda"), ("H100", "1", "fast")],
 )  # fmt: skip
 def test_fast_mode_decides_the_sizes_first_then_gpu_or_cpu(device, fast, runtime, monkeypatch):
     monkeypatch.setenv("LORA_COURSE_FAST", fast)  # CI on a GPU machine must stay small
@@ -63,13 +66,13 @@ def test_workloads_shrink_from_gpu_to_cpu_to_ci_and_fit_the_test_split():
 
 @pytest.mark.parametrize(
     ("device", "bf16", "fp16"),
-    [("CPU", False, False), ("T4", False, True), ("L4", True, False), ("A100", True, False),
-     ("H100", True, False)],
+    [("CPU", False, False), ("CPU bf16", True, False), ("T4", False, True), ("L4", True, False),
+     ("A100", True, False), ("H100", True, False)],
 )  # fmt: skip
 def test_the_trainer_is_told_each_devices_precision(device, bf16, fp16):
     settings = training_settings(FinetuneConfig(), DEVICES[device], "out")
     assert (settings["bf16"], settings["fp16"]) == (bf16, fp16)
-    on_cpu = device == "CPU"
+    on_cpu = device.startswith("CPU")
     assert settings["use_cpu"] == on_cpu and settings["dataloader_pin_memory"] == (not on_cpu)
 
 
@@ -80,6 +83,40 @@ def test_make_trainer_hands_the_recipe_to_a_real_trainer(tiny_with_tokenizer, sm
     assert (args.max_steps, args.per_device_train_batch_size) == (7, 3)
     assert (args.learning_rate, args.seed, args.data_seed) == (1e-3, 5, 5)
     assert args.use_cpu and not args.bf16 and not args.fp16
+    assert args.train_sampling_strategy == "group_by_length"
+
+
+def test_the_trainer_shows_one_bar_and_no_log_line_per_step(
+    tiny_with_tokenizer, smollm2_tokenizer, tmp_path, capsys
+):
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer = make_trainer(tiny_with_tokenizer, smollm2_tokenizer, [], FinetuneConfig(), CPU,
+                           tmp_path)  # fmt: skip
+    kinds = [type(c) for c in trainer.callback_handler.callbacks]
+    bars = [c for c in trainer.callback_handler.callbacks if isinstance(c, ProgressCallback)]
+    assert len(bars) == 1 and PrinterCallback not in kinds
+    assert not any(k.__name__ == "NotebookProgressCallback" for k in kinds)
+    bars[0].on_log(trainer.args, trainer.state, trainer.control, logs={"loss": 1.0})
+    assert capsys.readouterr() == ("", ""), "a logged loss prints nothing (it stays in log_history)"
+
+
+def test_padding_share_counts_what_each_batch_pads_to_its_longest_row():
+    assert padding_share([5, 5, 5, 5], 2, "random") == 0.0
+    assert padding_share([1, 3], 2, "random") == pytest.approx(1 - 4 / 6)
+    assert padding_share([1, 3], 1, "group_by_length") == 0.0
+    lengths = [
+        int(n) for n in torch.randint(60, 140, (2000,), generator=torch.Generator().manual_seed(0))
+    ]
+    grouped, shuffled = (
+        padding_share(lengths, 8, order) for order in ("group_by_length", "random")
+    )
+    assert grouped < 0.02 < 0.1 < shuffled, (grouped, shuffled)
+    assert padding_share(lengths, 8, "random", seed=1) != shuffled, "the seed draws the order"
+    with pytest.raises(
+        ValueError, match="order must be 'random' or 'group_by_length', got 'sorted'"
+    ):
+        padding_share(lengths, 8, "sorted")
 
 
 def test_the_cache_key_changes_with_every_training_setting():
@@ -112,12 +149,16 @@ def test_trainer_recipe_lowers_the_loss_and_trains_only_lora(
     tiny_with_tokenizer, smollm2_tokenizer
 ):
     config = FinetuneConfig(steps=20, batch_size=4, lr=1e-2)  # all linear layers
-    peft_model, losses, seconds = fine_tune(tiny_with_tokenizer, smollm2_tokenizer, config, CPU)
+    # bf16 autocast, the course's CPU path where the CPU has bf16 instructions (emulated elsewhere)
+    peft_model, losses, seconds = fine_tune(
+        tiny_with_tokenizer, smollm2_tokenizer, config, CPU_BF16
+    )
     assert len(losses) == 20 and seconds > 0
     # a random tiny model starts at ~ln(49152) = 10.8; 20 LoRA steps move it clearly, not far
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2, losses
-    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    trainable = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
+    assert all(p.dtype == torch.float32 for p in peft_model.parameters()), "autocast keeps fp32"
 
 
 def test_cached_adapter_trains_once_per_recipe_and_base(

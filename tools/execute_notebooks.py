@@ -7,6 +7,7 @@ python tools/execute_notebooks.py --inplace notebooks/*.ipynb                  #
 from __future__ import annotations
 
 import argparse
+import html
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,40 @@ def execute(path: Path, timeout: int):
         error = None
     except CellExecutionError as failure:
         error = failure
+    finished_bars_as_text(notebook)
     return notebook, time.perf_counter() - start, error
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def finished_bars_as_text(notebook) -> None:
+    """Give each tqdm widget a plain-text fallback that shows where the bar ended.
+
+    Without this, the saved text of a bar is its first frame ("0%| | 0/13"), which is what GitHub
+    and any viewer without the widget state shows. The final state is in the notebook's widget
+    metadata: an HBox of (label, FloatProgress, counts) per bar.
+    """
+    state = notebook.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+
+    def value(child: str, key: str):
+        return state.get(child.removeprefix("IPY_MODEL_"), {}).get("state", {}).get(key)
+
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get(WIDGET_VIEW)
+            box = state.get(view["model_id"], {}) if view else {}
+            children = box.get("state", {}).get("children", [])
+            if box.get("model_name") != "HBoxModel" or len(children) != 3:
+                continue
+            label, bar, counts = children
+            done, total = value(bar, "value"), value(bar, "max")
+            if not isinstance(done, (int, float)) or not total:
+                continue
+            filled = round(10 * min(done / total, 1))
+            text = f"{value(label, 'value')}|{'█' * filled:<10}|{value(counts, 'value')}"
+            output["data"]["text/plain"] = html.unescape(text).replace("\u2007", " ")
 
 
 def describe(notebook, error: CellExecutionError) -> str:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..counting import projection_shapes
+from ..models import TINY_LLAMA
 from ..targets import ATTENTION, MLP
 from .exercise import Exercise, attempt, describe, raised, require
 
@@ -188,15 +189,6 @@ def check_merged_weight(merged_weight) -> None:
 
 # --- tiny Llamas, built once per process (the learner only ever gets copies) ------------------
 
-TINY = {  # lora_course.models.tiny_llama's sizes
-    "vocab_size": 128,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-}
-
 
 @functools.lru_cache(maxsize=64)
 def _cached_tiny(seed: int, sizes_json: str):
@@ -213,7 +205,7 @@ def _tiny(seed: int, sizes: dict) -> nn.Module:
 
 def _tiny_shapes(sizes: dict) -> dict[str, tuple[int, int]]:
     """(in, out) of each projection of tiny_llama(**sizes), from its sizes alone."""
-    return projection_shapes(SimpleNamespace(model_type="llama", **{**TINY, **sizes}))
+    return projection_shapes(SimpleNamespace(model_type="llama", **{**TINY_LLAMA, **sizes}))
 
 
 def _module_name(layer: int, projection: str) -> str:
@@ -225,7 +217,7 @@ def _module_name(layer: int, projection: str) -> str:
 
 def _fit_queries(rng: random.Random, sizes: dict) -> list[dict]:
     """Adapters {module name: [A shape, B shape]}: two that fit, then one fault in each other."""
-    shapes, settings = _tiny_shapes(sizes), {**TINY, **sizes}
+    shapes, settings = _tiny_shapes(sizes), {**TINY_LLAMA, **sizes}
     layers, hidden, vocab = (
         settings["num_hidden_layers"],
         settings["hidden_size"],
@@ -561,7 +553,7 @@ def observe_changed_parameters(changed_parameters, case):
 
 def judge_changed_parameters(observations, case) -> None:
     """Exercise 07.3: parameters (no buffers) whose values differ at all, in their model's order."""
-    order = _parameter_names({**TINY, **case["sizes"]}["num_hidden_layers"])
+    order = _parameter_names({**TINY_LLAMA, **case["sizes"]}["num_hidden_layers"])
     call = "changed_parameters(model_a, model_b)"
     raised(observations, "models", "building the check's models")
     for k, pair in enumerate(case["pairs"]):
@@ -675,7 +667,7 @@ def _diagnose_changed(got, want, kinds, order, call) -> None:
 
 
 def _changed_case(rng: random.Random, seed: int, sizes: dict) -> dict:
-    order = _parameter_names({**TINY, **sizes}["num_hidden_layers"])
+    order = _parameter_names({**TINY_LLAMA, **sizes}["num_hidden_layers"])
     norms = [n for n in order if "norm" in n]
     linear = [n for n in order if "_proj" in n]
 

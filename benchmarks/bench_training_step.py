@@ -1,14 +1,14 @@
 """Notebook 05's LoRA training step on this CPU: fp32 against the course's setting, side by side.
 
 One run measures, in this order: the machine's matmul peak in fp32 and bf16 (a 2048 x 2048 product
-and a SmolLM2-shaped one); the share of padded tokens over one epoch of the Trainer's batches, in
-random order and grouped by length; then notebook 05's recipe (PEFT, all linear layers, the
+and a SmolLM2-shaped one); the share of padded tokens over one epoch of batches in random order and
+grouped by length (finetune.padding_share); then notebook 05's recipe (PEFT, all linear layers, the
 Trainer, batch 8 of the ticket task) for a few steps in each configuration below, round by round,
 so that drift on a busy machine hits all of them:
 
     fp32             what every CPU ran before: fp32, batches in random order
     bf16             bf16 autocast (weights and adapters stay fp32, as on a GPU), random order
-    bf16 grouped     + batches grouped by length: the course's setting (see make_trainer)
+    bf16 grouped     + batches of rows of similar length: the course's setting (make_trainer)
     ... eager        + eager attention instead of SDPA (the transformers default)
     ... compiled     + torch.compile of the model (with --compile: minutes of compilation first)
 
@@ -36,7 +36,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 import lora_course
 from lora_course.data import tokenized_task
 from lora_course.devices import Precision
-from lora_course.finetune import AnswerOnlyCollator, FinetuneConfig, make_trainer
+from lora_course.finetune import AnswerOnlyCollator, FinetuneConfig, make_trainer, padding_share
 
 FP32 = Precision("cpu", torch.float32, torch.float32, False, "fp32")
 BF16 = Precision("cpu", torch.float32, torch.bfloat16, False, "bf16 autocast")
@@ -47,14 +47,14 @@ class Setting:
     """One way to run the recipe's step."""
 
     precision: Precision
-    sampling: str = "group_by_length"  # the Trainer's train_sampling_strategy
+    grouped: bool = True  # batches of similar lengths (make_trainer), else the Trainer's shuffle
     attention: str = "sdpa"
     compiled: bool = False
 
 
 SETTINGS = {
-    "fp32": Setting(FP32, sampling="random"),
-    "bf16": Setting(BF16, sampling="random"),
+    "fp32": Setting(FP32, grouped=False),
+    "bf16": Setting(BF16, grouped=False),
     "bf16 grouped": Setting(BF16),  # the course's setting on a CPU with bf16 instructions
     "... eager": Setting(BF16, attention="eager"),
 }
@@ -106,24 +106,15 @@ def matmul_weights(model) -> int:
 
 
 def recipe_trainer(model, tokenizer, config, setting: Setting, output_dir):
-    """make_trainer (notebook 05's) with `setting`'s sampling, counting tokens, no display."""
-    trainer = make_trainer(model, tokenizer, tokenized_task(config.task, tokenizer)["train"],
-                           config, setting.precision, output_dir)  # fmt: skip
-    trainer.args.train_sampling_strategy = setting.sampling
+    """make_trainer (notebook 05's) in `setting`'s batch order, counting tokens, no display."""
+    rows = tokenized_task(config.task, tokenizer)["train"]
+    trainer = make_trainer(model, tokenizer, rows, config, setting.precision, output_dir)
+    if not setting.grouped:  # what the Trainer does by default: every row in random order
+        trainer.train_dataset, trainer.args.train_sampling_strategy = rows, "random"
     trainer.data_collator = CountingCollator(tokenizer.pad_token_id)
     for quiet in (ProgressCallback, PrinterCallback):  # the course's bar is a ProgressCallback
         trainer.remove_callback(quiet)
     return trainer
-
-
-def epoch_padding(model, tokenizer, config, sampling: str) -> float:
-    """Share of padded tokens over one epoch of the Trainer's batches (no training)."""
-    with tempfile.TemporaryDirectory() as output_dir:
-        trainer = recipe_trainer(model, tokenizer, config, Setting(FP32, sampling), output_dir)
-        for _ in trainer.get_train_dataloader():
-            pass
-        real, total = map(sum, zip(*trainer.data_collator.tokens, strict=True))
-    return 1 - real / total
 
 
 def train_steps(model, tokenizer, config: FinetuneConfig, setting: Setting) -> dict:
@@ -169,9 +160,10 @@ def main() -> None:
 
     model, tokenizer = lora_course.load_smollm2(dtype=torch.float32, verbose=False)
     config = FinetuneConfig(task="tickets", steps=args.steps, batch_size=args.batch)
-    for sampling in ("random", "group_by_length"):
-        share = epoch_padding(model, tokenizer, config, sampling)
-        print(f"padded tokens over one epoch, batches in {sampling} order: {share:.1%}")
+    lengths = [len(row["input_ids"]) for row in tokenized_task(config.task, tokenizer)["train"]]
+    for order in ("random", "grouped"):
+        share = padding_share(lengths, config.batch_size, order)
+        print(f"padded tokens over one epoch, batches in {order} order: {share:.1%}")
 
     weights = matmul_weights(model)
     runs = {name: [] for name in settings}

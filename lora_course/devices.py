@@ -44,6 +44,10 @@ class Precision:
             "fp16": self.compute_dtype == torch.float16,
         }
 
+    def in_fp32(self) -> Precision:
+        """This device with fp32 weights and compute: for comparing arithmetic (notebook 04)."""
+        return Precision(self.device, torch.float32, torch.float32, False, "fp32 on purpose")
+
     def autocast(self):
         """Autocast context for a hand-written training loop (a no-op in fp32)."""
         if self.compute_dtype == torch.float32:

@@ -58,6 +58,11 @@ def workload_sizes(workload: str, precision: Precision) -> Workload:
     return WORKLOADS[workload][runtime]
 
 
+#: Changes when make_trainer trains differently, so that cached adapters of the old way are not
+#: reused: 2 = bf16 autocast on CPUs with bf16 instructions, batches in length_grouped_order.
+PROCEDURE = 2
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     """One LoRA fine-tuning recipe: what to adapt, how large, how long (notebook 05)."""
@@ -109,7 +114,7 @@ class FinetuneConfig:
 
     def key(self) -> str:
         """A short hash of every setting: two recipes share a cached adapter only if all match."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        text = json.dumps({**dataclasses.asdict(self), "procedure": PROCEDURE}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -124,26 +129,63 @@ class AnswerOnlyCollator:
         return collate(rows, self.pad_id)  # input_ids, attention_mask, labels: (B, T)
 
 
-def padding_share(lengths: list[int], batch_size: int, order: str, seed: int = 0) -> float:
-    """Padded share of the tokens of one epoch of batches: 'random' or 'group_by_length' order.
+GROUP_BATCHES = 50  # rows are sorted by length within groups of this many batches
 
-    Each batch is padded to its longest row, as AnswerOnlyCollator does; 'group_by_length' draws
-    the order with the function the Trainer's length-grouped sampler uses (notebook 05).
+
+def length_grouped_order(lengths: list[int], batch_size: int, steps: int, seed: int) -> list[int]:
+    """Row indices for `steps` batches of rows of similar length, the batches in random order.
+
+    Each epoch: shuffle the rows, sort them by length within groups of GROUP_BATCHES batches, cut
+    the groups into batches, shuffle the batches (notebook 05). Written here rather than taken from
+    the Trainer: transformers' length-grouped sampler puts each group's longest batch first and
+    sorts the rest longest to shortest, so a short run trains mostly on long rows and its loss
+    curve follows the lengths. Every epoch's share is a whole number of batches.
     """
-    from transformers.trainer_pt_utils import get_length_grouped_indices
-
+    if not 1 <= batch_size <= len(lengths):
+        raise ValueError(f"batch_size must be between 1 and {len(lengths)} rows, got {batch_size}")
     generator = torch.Generator().manual_seed(seed)
+    order = []
+    while len(order) < steps * batch_size:
+        rows = torch.randperm(len(lengths), generator=generator).tolist()
+        batches = []
+        for start in range(0, len(rows), GROUP_BATCHES * batch_size):
+            group = sorted(
+                rows[start : start + GROUP_BATCHES * batch_size], key=lengths.__getitem__
+            )
+            batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+        batches = [b for b in batches if len(b) == batch_size]  # an epoch's remainder is dropped
+        for i in torch.randperm(len(batches), generator=generator).tolist():
+            order += batches[i]
+    return order[: steps * batch_size]
+
+
+def padding_share(lengths: list[int], batch_size: int, order: str, seed: int = 0) -> float:
+    """Padded share of the tokens of one epoch of batches, in 'random' or 'grouped' order.
+
+    Each batch is padded to its longest row, as AnswerOnlyCollator does (notebook 05).
+    """
+    steps = len(lengths) // batch_size
     if order == "random":
-        indices = torch.randperm(len(lengths), generator=generator).tolist()
-    elif order == "group_by_length":
-        indices = get_length_grouped_indices(lengths, batch_size, generator=generator)
+        generator = torch.Generator().manual_seed(seed)
+        indices = torch.randperm(len(lengths), generator=generator).tolist()[: steps * batch_size]
+    elif order == "grouped":
+        indices = length_grouped_order(lengths, batch_size, steps, seed)
     else:
-        raise ValueError(f"order must be 'random' or 'group_by_length', got {order!r}")
+        raise ValueError(f"order must be 'random' or 'grouped', got {order!r}")
     real = total = 0
     for start in range(0, len(indices), batch_size):
         batch = [lengths[i] for i in indices[start : start + batch_size]]
         real, total = real + sum(batch), total + max(batch) * len(batch)
     return 1 - real / total
+
+
+def grouped_by_length(rows, config: FinetuneConfig):
+    """`rows` (a datasets.Dataset or a list of dicts) in length_grouped_order, for make_trainer."""
+    if len(rows) == 0:
+        return rows
+    lengths = [len(row["input_ids"]) for row in rows]
+    order = length_grouped_order(lengths, config.batch_size, config.steps, config.seed)
+    return rows.select(order) if hasattr(rows, "select") else [rows[i] for i in order]
 
 
 def training_settings(config: FinetuneConfig, precision: Precision, output_dir) -> dict:
@@ -165,8 +207,8 @@ def training_settings(config: FinetuneConfig, precision: Precision, output_dir) 
         "dataloader_pin_memory": precision.device == "cuda",
         "remove_unused_columns": False,  # the collator needs input_ids and labels as they are
         "use_cpu": precision.device == "cpu",
-        # batches of similar lengths: a row is padded to its batch's longest (a fixed, seeded order)
-        "train_sampling_strategy": "group_by_length",
+        # the rows arrive already in length_grouped_order: the Trainer must keep that order
+        "train_sampling_strategy": "sequential",
         **precision.trainer_kwargs,  # bf16 on Ampere+ and bf16 CPUs, fp16 (loss scaling) on a T4
     }
 
@@ -180,7 +222,7 @@ def make_trainer(
     trainer = Trainer(
         model=model,
         args=TrainingArguments(**training_settings(config, precision, output_dir)),
-        train_dataset=train_rows,
+        train_dataset=grouped_by_length(train_rows, config),  # little padding, random batch order
         data_collator=AnswerOnlyCollator(tokenizer.pad_token_id),
     )
     _bar_without_log_lines(trainer)  # the losses stay in trainer.state.log_history

@@ -108,24 +108,27 @@ def run_lora(
     batch_size: int = 8,
     seed: int = 0,
     desc: str | None = None,
+    precision: Precision | None = None,
 ) -> dict:
     """One LoRA experiment on a fresh copy of `base_model`: inject, train, evaluate (notebook 04).
 
     The base model is never modified. Every run with the same seed sees the same batches and
     starts from the same A (B is zero), so runs differ only in the settings being compared.
+    `precision` (default: choose_precision()) sets the copy's weight dtype and the autocast.
     """
     import copy
     import time
 
     from .inject import inject_lora
 
-    model = copy.deepcopy(base_model)
+    precision = precision or choose_precision()
+    model = copy.deepcopy(base_model).to(precision.weight_dtype)
     torch.manual_seed(seed)  # same A initialization for every run
     inject_lora(model, targets, r=r, alpha=alpha, use_rslora=use_rslora)
     start = time.perf_counter()
     losses = train(
         model, train_rows, steps=steps, lr=lr, pad_id=pad_id, batch_size=batch_size, seed=seed,
-        desc=desc or f"r={r} alpha={alpha} lr={lr:g}",
+        precision=precision, desc=desc or f"r={r} alpha={alpha} lr={lr:g}",
     )  # fmt: skip
     seconds = time.perf_counter() - start
     return {

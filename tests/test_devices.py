@@ -149,3 +149,16 @@ def test_autocast_is_a_no_op_in_fp32():
     with p.autocast():
         y = torch.ones(2, 2) @ torch.ones(2, 2)
     assert y.dtype == torch.float32
+
+
+@pytest.mark.parametrize("gpu", [(7, 5), (9, 0)])
+def test_in_fp32_keeps_the_device_and_drops_every_low_precision_setting(gpu):
+    p = choose_precision(cuda_available=True, capability=gpu, device_name="GPU").in_fp32()
+    assert (p.device, p.weight_dtype, p.compute_dtype, p.loss_scaling) == (
+        "cuda",
+        torch.float32,
+        torch.float32,
+        False,
+    )
+    cpu = choose_precision(cuda_available=False, cpu_bf16="AMX").in_fp32()
+    assert cpu.device == "cpu" and autocast_settings(cpu) is None

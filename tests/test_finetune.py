@@ -1,6 +1,7 @@
 """The PEFT + Trainer recipe: per-device choices, answer-only batches, loss going down, caching."""
 
 import dataclasses
+import statistics
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from lora_course.finetune import (
     Workload,
     cached_adapter,
     fine_tune,
+    length_grouped_order,
     make_trainer,
     padding_share,
     training_settings,
@@ -83,7 +85,7 @@ def test_make_trainer_hands_the_recipe_to_a_real_trainer(tiny_with_tokenizer, sm
     assert (args.max_steps, args.per_device_train_batch_size) == (7, 3)
     assert (args.learning_rate, args.seed, args.data_seed) == (1e-3, 5, 5)
     assert args.use_cpu and not args.bf16 and not args.fp16
-    assert args.train_sampling_strategy == "group_by_length"
+    assert args.train_sampling_strategy == "sequential", "the rows come in length_grouped_order"
 
 
 def test_the_trainer_shows_one_bar_and_no_log_line_per_step(
@@ -104,19 +106,39 @@ def test_the_trainer_shows_one_bar_and_no_log_line_per_step(
 def test_padding_share_counts_what_each_batch_pads_to_its_longest_row():
     assert padding_share([5, 5, 5, 5], 2, "random") == 0.0
     assert padding_share([1, 3], 2, "random") == pytest.approx(1 - 4 / 6)
-    assert padding_share([1, 3], 1, "group_by_length") == 0.0
-    lengths = [
-        int(n) for n in torch.randint(60, 140, (2000,), generator=torch.Generator().manual_seed(0))
-    ]
-    grouped, shuffled = (
-        padding_share(lengths, 8, order) for order in ("group_by_length", "random")
-    )
+    assert padding_share([1, 3], 1, "grouped") == 0.0
+    lengths = torch.randint(60, 140, (2000,), generator=torch.Generator().manual_seed(0)).tolist()
+    grouped, shuffled = (padding_share(lengths, 8, order) for order in ("grouped", "random"))
     assert grouped < 0.02 < 0.1 < shuffled, (grouped, shuffled)
     assert padding_share(lengths, 8, "random", seed=1) != shuffled, "the seed draws the order"
-    with pytest.raises(
-        ValueError, match="order must be 'random' or 'group_by_length', got 'sorted'"
-    ):
+    with pytest.raises(ValueError, match="order must be 'random' or 'grouped', got 'sorted'"):
         padding_share(lengths, 8, "sorted")
+
+
+def test_length_grouped_batches_come_in_random_order_and_cover_the_epochs():
+    lengths = torch.randint(20, 200, (1000,), generator=torch.Generator().manual_seed(0)).tolist()
+    order = length_grouped_order(lengths, 8, steps=300, seed=0)  # 2.4 epochs of 125 batches
+    assert len(order) == 300 * 8
+    assert sorted(order[: 125 * 8]) == list(range(1000)), "each epoch uses every row once"
+    longest = [max(lengths[i] for i in order[s : s + 8]) for s in range(0, len(order), 8)]
+    spans = [longest[i] - min(lengths[j] for j in order[8 * i : 8 * i + 8]) for i in range(300)]
+    assert statistics.mean(spans) < 10, "rows of similar length share a batch"
+    first, rest = statistics.mean(longest[:12]), statistics.mean(longest)
+    assert abs(first - rest) < 25, "no longest-first start (transformers' sampler has one)"
+    assert order == length_grouped_order(lengths, 8, steps=300, seed=0)
+    assert order != length_grouped_order(lengths, 8, steps=300, seed=1)
+    with pytest.raises(ValueError, match="batch_size must be between 1 and 1000 rows, got 0"):
+        length_grouped_order(lengths, 0, steps=1, seed=0)
+
+
+def test_the_trainer_trains_on_the_grouped_order(tiny_with_tokenizer, smollm2_tokenizer, tmp_path):
+    rows = [{"input_ids": [1] * n, "labels": [1] * n} for n in range(5, 45)]
+    config = FinetuneConfig(steps=6, batch_size=4, seed=3)
+    trainer = make_trainer(tiny_with_tokenizer, smollm2_tokenizer, rows, config, CPU, tmp_path)
+    batches = [b["input_ids"].shape for b in trainer.get_train_dataloader()]
+    expected = [rows[i] for i in length_grouped_order([len(r["input_ids"]) for r in rows], 4, 6, 3)]
+    sizes = [max(len(r["input_ids"]) for r in expected[s : s + 4]) for s in range(0, 24, 4)]
+    assert [shape[1] for shape in batches] == sizes and all(s[0] == 4 for s in batches)
 
 
 def test_the_cache_key_changes_with_every_training_setting():

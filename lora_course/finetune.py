@@ -136,10 +136,10 @@ def length_grouped_order(lengths: list[int], batch_size: int, steps: int, seed: 
     """Row indices for `steps` batches of rows of similar length, the batches in random order.
 
     Each epoch: shuffle the rows, sort them by length within groups of GROUP_BATCHES batches, cut
-    the groups into batches, shuffle the batches (notebook 05). Written here rather than taken from
-    the Trainer: transformers' length-grouped sampler puts each group's longest batch first and
-    sorts the rest longest to shortest, so a short run trains mostly on long rows and its loss
-    curve follows the lengths. Every epoch's share is a whole number of batches.
+    the groups into batches, shuffle the batches (make_trainer; lesson 05 explains why). Written
+    here rather than taken from the Trainer: transformers' length-grouped sampler serves each group
+    from its longest batch to its shortest, so a short run trains mostly on long rows and a longer
+    run's loss curve follows the lengths. Every epoch's share is a whole number of batches.
     """
     if not 1 <= batch_size <= len(lengths):
         raise ValueError(f"batch_size must be between 1 and {len(lengths)} rows, got {batch_size}")

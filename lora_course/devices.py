@@ -3,7 +3,7 @@
 The rule: CUDA with bf16 where the GPU computes bf16 natively (Ampere, compute capability 8.0,
 and newer); fp16 with loss scaling on older GPUs such as the T4 (7.5). On a CPU: bf16 autocast
 with fp32 weights where the CPU has bf16 instructions (avx512_bf16 or AMX on x86, bf16 on Arm),
-about 1.6x faster per training step on the course's machine (`make bench`); fp32 elsewhere, or
+1.6-1.8x faster per training step on the course's machine (`make bench`); fp32 elsewhere, or
 when LORA_COURSE_CPU_BF16=0 turns it off.
 
 A T4 is the trap: recent PyTorch reports `torch.cuda.is_bf16_supported()` as True there because

@@ -87,8 +87,12 @@ def tokenized_task(name: str, tokenizer):
     return by_task[name]
 
 
-def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a list of tokenized rows into a batch: input_ids, attention_mask, labels (B, T)."""
+def collate(rows: list[dict], pad_id: int, answer_logits_only: bool = False) -> dict:
+    """Right-pad a list of tokenized rows into a batch: input_ids, attention_mask, labels (B, T).
+
+    `answer_logits_only` adds what a transformers causal LM needs to compute its output layer only
+    where the loss looks (see `answer_positions`); the loss is the same.
+    """
     width = max(len(row["input_ids"]) for row in rows)
     batch = {"input_ids": [], "attention_mask": [], "labels": []}
     for row in rows:
@@ -96,7 +100,23 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         batch["input_ids"].append(row["input_ids"] + [pad_id] * pad)
         batch["attention_mask"].append([1] * len(row["input_ids"]) + [0] * pad)
         batch["labels"].append(row["labels"] + [IGNORE_INDEX] * pad)
-    return {key: torch.tensor(value) for key, value in batch.items()}  # each (B, T)
+    batch = {key: torch.tensor(value) for key, value in batch.items()}  # each (B, T)
+    if answer_logits_only:
+        batch["logits_to_keep"], batch["shift_labels"] = answer_positions(batch["labels"])
+    return batch
+
+
+def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions whose next token is an answer token, (B, T) bool, and those tokens (notebook 05).
+
+    The loss only looks at these positions, so the output layer (576 x 49,152 in SmolLM2, a fifth of
+    its arithmetic per token) need not run anywhere else. transformers' causal LMs take the mask
+    as `logits_to_keep` and the targets as `shift_labels`, and the Trainer counts the targets.
+    """
+    targets = labels[:, 1:]  # (B, T-1): position t predicts token t + 1
+    keep = torch.zeros_like(labels, dtype=torch.bool)  # (B, T)
+    keep[:, :-1] = targets != IGNORE_INDEX
+    return keep, targets[targets != IGNORE_INDEX]  # (B, T), (N,) in the order of keep's rows
 
 
 if __name__ == "__main__":

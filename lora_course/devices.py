@@ -3,8 +3,8 @@
 The rule: CUDA with bf16 where the GPU computes bf16 natively (Ampere, compute capability 8.0,
 and newer); fp16 with loss scaling on older GPUs such as the T4 (7.5). On a CPU: bf16 autocast
 with fp32 weights where the CPU has bf16 instructions (avx512_bf16 or AMX on x86, bf16 on Arm),
-1.6-1.8x faster per training step on the course's machine (`make bench`); fp32 elsewhere, or
-when LORA_COURSE_CPU_BF16=0 turns it off.
+1.4-1.5x faster per training step by itself on the course's machine, about 2x with make_trainer's
+other choices (`make bench`); fp32 elsewhere, or when LORA_COURSE_CPU_BF16=0 turns it off.
 
 A T4 is the trap: recent PyTorch reports `torch.cuda.is_bf16_supported()` as True there because
 bf16 can be *emulated*, which is slow. We decide on the compute capability instead. The CPU case
@@ -47,6 +47,16 @@ class Precision:
     def in_fp32(self) -> Precision:
         """This device with fp32 weights and compute: for comparing arithmetic (notebook 04)."""
         return Precision(self.device, torch.float32, torch.float32, False, "fp32 on purpose")
+
+    @property
+    def training_attention(self) -> str | None:
+        """Attention kernel to train with: eager on a CPU; None (the model's own) on a GPU.
+
+        On the course's CPU, eager attention made notebook 05's training step about 1.15x faster
+        than SDPA, whose CPU backward is slow for short padded rows; SDPA generates faster there
+        (about 1.15x), so models keep SDPA and switch only while training (make bench).
+        """
+        return "eager" if self.device == "cpu" else None
 
     def autocast(self):
         """Autocast context for a hand-written training loop (a no-op in fp32)."""

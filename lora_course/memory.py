@@ -81,20 +81,27 @@ def measure_training_peak(
 
     A fresh process, because peak RSS only ever grows: measuring in the notebook's own process
     would include everything done before. Returns bytes: {'peak', 'device', ...}. On a CPU the
-    figure is the growth of the peak resident set (RSS) over the process after its imports; on a
-    GPU it is torch.cuda.max_memory_allocated(). The CPU measurement reads /proc: Linux only.
+    figure is the peak resident set (RSS) while training, less the process's RSS after its
+    imports; on a GPU it is torch.cuda.max_memory_allocated() while training. The CPU measurement
+    reads /proc: Linux only.
     """
     import json
+    import os
     import subprocess
     import sys
 
     args = ["--method", method, "--batch", str(batch), "--seq", str(seq), "--steps", str(steps)]
     args += ["--r", str(r), "--targets", ",".join(targets or ("q_proj", "v_proj"))]
+    # glibc returns freed blocks of 128 KiB and more to the system at once, instead of keeping
+    # them for reuse (its default raises that threshold as the program runs): the peak RSS then
+    # follows the live tensors, run after run, and not what the allocator happened to hold
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
     result = subprocess.run(
         [sys.executable, "-m", "lora_course.memory", *args],
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
     if result.returncode != 0:
         raise RuntimeError(f"memory probe failed:\n{result.stderr[-2000:]}")
@@ -126,27 +133,32 @@ def _probe(method: str, batch: int, seq: int, steps: int, r: int, targets: list[
     import torch
 
     from .counting import count_parameters
+    from .devices import choose_precision
     from .inject import inject_lora
     from .models import load_smollm2
     from .training import train
 
     on_gpu = torch.cuda.is_available()
-    if not on_gpu:
-        _reset_peak_rss()
-        baseline = _rss_bytes("VmRSS")
+    baseline = 0 if on_gpu else _rss_bytes("VmRSS")  # the interpreter and its imports
     model, tokenizer = load_smollm2(verbose=False)
     if method == "lora":
         inject_lora(model, targets, r=r, alpha=2 * r)
     elif method != "full":
         raise ValueError(f"can measure 'full' or 'lora' here, not {method!r}")
+    # the peak of training, not of loading (which may hold a second copy of the weights briefly)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
+    else:
+        _reset_peak_rss()  # the peak restarts from the current RSS: the weights, now resident
     g = torch.Generator().manual_seed(0)
     rows = []
     for _ in range(batch * steps):  # exactly `seq` tokens each, so the estimate's seq is exact
         ids = torch.randint(0, tokenizer.vocab_size, (seq,), generator=g).tolist()
         rows.append({"input_ids": ids, "labels": ids})
-    train(model, rows, steps=steps, lr=1e-5, pad_id=0, batch_size=batch, progress=False)
+    # fp32, as the calculator counts 4 bytes per activation; eager attention on a CPU, as it trains
+    precision = choose_precision().in_fp32()
+    train(model, rows, steps=steps, lr=1e-5, pad_id=0, batch_size=batch, precision=precision,
+          progress=False)  # fmt: skip
     counts = count_parameters(model)
     return {
         "method": method,

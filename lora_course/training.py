@@ -7,25 +7,45 @@ backward, optimizer step. Notebook 05 trains with transformers' Trainer instead.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from tqdm.auto import tqdm
 
 from .data import collate
 from .devices import Precision, choose_precision
+from .finetune import length_grouped_order
 
 
-def batches(rows, batch_size: int, pad_id: int, seed: int = 0) -> Iterator[dict]:
-    """Endless shuffled batches: every row once per epoch, reshuffled each epoch."""
+def batches(rows, batch_size: int, pad_id: int, steps: int, seed: int = 0) -> Iterator[dict]:
+    """`steps` batches of rows of similar length in random order: make_trainer's (notebook 05).
+
+    The order is finetune.length_grouped_order: every row once per epoch, sorted by length within
+    small groups so that little padding is computed. Each batch also carries the answer positions
+    (data.answer_positions): the model computes its output layer only where the loss looks.
+    """
     if not 1 <= batch_size <= len(rows):
         raise ValueError(f"batch_size must be between 1 and the {len(rows)} rows, got {batch_size}")
-    rng, order = random.Random(seed), list(range(len(rows)))
-    while True:
-        rng.shuffle(order)
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield collate([rows[i] for i in order[start : start + batch_size]], pad_id)
+    lengths = [len(row["input_ids"]) for row in rows]
+    order = length_grouped_order(lengths, batch_size, steps, seed)
+    for start in range(0, len(order), batch_size):
+        rows_in_batch = [rows[i] for i in order[start : start + batch_size]]
+        yield collate(rows_in_batch, pad_id, answer_logits_only=True)
+
+
+@contextmanager
+def training_attention(model, precision: Precision):
+    """Train with `precision.training_attention` (eager on a CPU), then restore the model's own."""
+    before, during = model.config._attn_implementation, precision.training_attention
+    if during is None or during == before:
+        yield
+        return
+    model.set_attn_implementation(during)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
 
 
 def train(
@@ -53,23 +73,26 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     scaler = precision.grad_scaler()  # active only for fp16, where gradients would underflow
     device = next(model.parameters()).device
-    stream = batches(rows, batch_size, pad_id, seed)
+    stream = batches(rows, batch_size, pad_id, steps, seed)
     losses = []
     model.train()
-    for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
-        batch = {k: v.to(device) for k, v in next(stream).items()}
-        with precision.autocast():
-            loss = model(**batch).loss  # mean cross-entropy over answer tokens
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss became {loss.item()} at step {len(losses)}; lower lr")
-        scaler.scale(loss).backward()
-        if max_grad_norm is not None:
-            scaler.unscale_(optimizer)  # clip the true gradient, not the loss-scaled one
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+    with training_attention(model, precision):  # eager attention on a CPU: faster to train
+        for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+            batch = {k: v.to(device) for k, v in next(stream).items()}
+            with precision.autocast():
+                loss = model(**batch).loss  # mean cross-entropy over answer tokens
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(
+                    f"loss became {loss.item()} at step {len(losses)}; lower lr"
+                )
+            scaler.scale(loss).backward()
+            if max_grad_norm is not None:
+                scaler.unscale_(optimizer)  # clip the true gradient, not the loss-scaled one
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
     model.eval()
     return losses
 
@@ -81,15 +104,18 @@ def evaluate_loss(model, rows, pad_id: int, batch_size: int = 16) -> float:
     total, tokens = 0.0, 0
     model.eval()
     for start in range(0, len(rows), batch_size):
-        batch = collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))], pad_id)
+        chunk = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
+        batch = collate(chunk, pad_id, answer_logits_only=True)
         batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        targets = batch["labels"][:, 1:]  # (B, T-1): token t is predicted from tokens < t
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="sum"
-        )
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            logits_to_keep=batch["logits_to_keep"],  # (B, T) bool: positions before answer tokens
+        ).logits  # (N, vocab): one row per answer token, predicted from the tokens before it
+        targets = batch["shift_labels"]  # (N,)
+        loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
         total += loss.item()
-        tokens += (targets != -100).sum().item()
+        tokens += len(targets)
     return total / tokens
 
 
@@ -128,7 +154,8 @@ def run_lora(
     start = time.perf_counter()
     losses = train(
         model, train_rows, steps=steps, lr=lr, pad_id=pad_id, batch_size=batch_size, seed=seed,
-        precision=precision, desc=desc or f"r={r} alpha={alpha} lr={lr:g}",
+        precision=precision,
+        desc=desc or f"r={r} alpha={alpha:g} lr={lr:g}{' rsLoRA' if use_rslora else ''}",
     )  # fmt: skip
     seconds = time.perf_counter() - start
     return {

@@ -9,6 +9,7 @@ import torch
 
 from lora_course.data import (
     REPO_DATA,
+    answer_positions,
     collate,
     load_task,
     task_files,
@@ -132,6 +133,22 @@ def test_collate_pads_and_masks():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert all(t.dtype == torch.long for t in batch.values())
+
+
+def test_answer_positions_are_the_positions_before_each_answer_token():
+    labels = torch.tensor([[-100, -100, 11, 12, -100], [-100, 21, 22, 23, 24]])
+    keep, targets = answer_positions(labels)
+    assert keep.tolist() == [[False, True, True, False, False], [True, True, True, True, False]]
+    assert targets.tolist() == [11, 12, 21, 22, 23, 24]  # row by row, as hidden_states[keep]
+    assert len(targets) == (labels[:, 1:] != -100).sum()  # the tokens the loss counts
+
+
+def test_collate_adds_the_answer_positions_only_when_asked():
+    rows = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}]
+    assert set(collate(rows, pad_id=0)) == {"input_ids", "attention_mask", "labels"}
+    batch = collate(rows, pad_id=0, answer_logits_only=True)
+    assert batch["logits_to_keep"].tolist() == [[True, True, False]]
+    assert batch["shift_labels"].tolist() == [6, 7]
 
 
 def test_a_task_is_tokenized_once_per_tokenizer(smollm2_tokenizer, monkeypatch):

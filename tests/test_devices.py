@@ -162,3 +162,10 @@ def test_in_fp32_keeps_the_device_and_drops_every_low_precision_setting(gpu):
     )
     cpu = choose_precision(cuda_available=False, cpu_bf16="AMX").in_fp32()
     assert cpu.device == "cpu" and autocast_settings(cpu) is None
+
+
+@pytest.mark.parametrize(("cuda", "attention"), [(False, "eager"), (True, None)])
+def test_training_attention_is_eager_on_a_cpu_and_the_models_own_on_a_gpu(cuda, attention):
+    precision = choose_precision(cuda_available=cuda, capability=(8, 0), device_name="A100",
+                                 cpu_bf16="")  # fmt: skip
+    assert precision.training_attention == attention

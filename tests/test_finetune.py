@@ -109,7 +109,7 @@ def test_padding_share_counts_what_each_batch_pads_to_its_longest_row():
     assert padding_share([1, 3], 1, "grouped") == 0.0
     lengths = torch.randint(60, 140, (2000,), generator=torch.Generator().manual_seed(0)).tolist()
     grouped, shuffled = (padding_share(lengths, 8, order) for order in ("grouped", "random"))
-    assert grouped < 0.02 < 0.1 < shuffled, (grouped, shuffled)
+    assert grouped < 0.1 < 0.2 < shuffled, (grouped, shuffled)  # measured: 8.0% and 24.0%
     assert padding_share(lengths, 8, "random", seed=1) != shuffled, "the seed draws the order"
     with pytest.raises(ValueError, match="order must be 'random' or 'grouped', got 'sorted'"):
         padding_share(lengths, 8, "sorted")
@@ -122,7 +122,11 @@ def test_length_grouped_batches_come_in_random_order_and_cover_the_epochs():
     assert sorted(order[: 125 * 8]) == list(range(1000)), "each epoch uses every row once"
     longest = [max(lengths[i] for i in order[s : s + 8]) for s in range(0, len(order), 8)]
     spans = [longest[i] - min(lengths[j] for j in order[8 * i : 8 * i + 8]) for i in range(300)]
-    assert statistics.mean(spans) < 10, "rows of similar length share a batch"
+    assert statistics.mean(spans) < 50, "rows of similar length share a batch (random: 137)"
+    coarse = length_grouped_order(lengths, 8, steps=300, seed=0, group_batches=50)
+    coarse_batches = [[lengths[i] for i in coarse[s : s + 8]] for s in range(0, len(coarse), 8)]
+    coarse_spans = [max(batch) - min(batch) for batch in coarse_batches]
+    assert statistics.mean(coarse_spans) < 10, "larger groups, more similar rows (measured: 3.7)"
     first, rest = statistics.mean(longest[:12]), statistics.mean(longest)
     assert abs(first - rest) < 25, "no longest-first start (transformers' sampler has one)"
     assert order == length_grouped_order(lengths, 8, steps=300, seed=0)
@@ -141,6 +145,24 @@ def test_the_trainer_trains_on_the_grouped_order(tiny_with_tokenizer, smollm2_to
     assert [shape[1] for shape in batches] == sizes and all(s[0] == 4 for s in batches)
 
 
+def test_the_plain_loop_gets_the_trainers_batches(tiny_with_tokenizer, smollm2_tokenizer, tmp_path):
+    """Notebook 05 trains the same recipe both ways: the same rows in the same batches."""
+    from lora_course.training import batches
+
+    rows = [{"input_ids": list(range(1, n)), "labels": list(range(1, n))} for n in range(5, 45)]
+    config = FinetuneConfig(steps=12, batch_size=4, seed=3)  # more than one epoch of 10 batches
+    trainer = make_trainer(tiny_with_tokenizer, smollm2_tokenizer, rows, config, CPU, tmp_path)
+    pad = smollm2_tokenizer.pad_token_id
+    for ours, theirs in zip(
+        batches(rows, 4, pad, config.steps, config.seed),
+        trainer.get_train_dataloader(),
+        strict=True,
+    ):
+        assert all(torch.equal(ours[key], theirs[key]) for key in theirs), (
+            "same batch, same tensors"
+        )
+
+
 def test_the_cache_key_changes_with_every_training_setting():
     config = FinetuneConfig()
     assert FinetuneConfig().key() == config.key(), "equal recipes share an adapter"
@@ -157,7 +179,10 @@ def test_collator_pads_and_masks_everything_but_the_answer():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert set(batch) == {"input_ids", "labels", "attention_mask"}, "other columns are dropped"
+    # the output layer runs only before answer tokens: 6 and 7 are predicted, the first 8 is not
+    assert batch["logits_to_keep"].tolist() == [[True, True, False], [False, False, False]]
+    assert batch["shift_labels"].tolist() == [6, 7]
+    assert set(batch) == {"input_ids", "labels", "attention_mask", "logits_to_keep", "shift_labels"}
 
 
 @pytest.fixture
@@ -171,10 +196,16 @@ def test_trainer_recipe_lowers_the_loss_and_trains_only_lora(
     tiny_with_tokenizer, smollm2_tokenizer
 ):
     config = FinetuneConfig(steps=20, batch_size=4, lr=1e-2)  # all linear layers
+    seen = []  # the attention kernel of every training forward pass
+    tiny_with_tokenizer.set_attn_implementation("sdpa")
+    tiny_with_tokenizer.model.layers[0].self_attn.register_forward_hook(
+        lambda module, args, out: seen.append(module.config._attn_implementation)
+    )
     # bf16 autocast, the course's CPU path where the CPU has bf16 instructions (emulated elsewhere)
     peft_model, losses, seconds = fine_tune(
         tiny_with_tokenizer, smollm2_tokenizer, config, CPU_BF16
     )
+    assert set(seen) == {"eager"} and peft_model.config._attn_implementation == "sdpa"
     assert len(losses) == 20 and seconds > 0
     # a random tiny model starts at ~ln(49152) = 10.8; 20 LoRA steps move it clearly, not far
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2, losses

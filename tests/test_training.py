@@ -34,6 +34,43 @@ def test_evaluate_loss_matches_the_models_own_loss(base, rows):
     assert evaluate_loss(base, rows[:1], pad_id=0) == pytest.approx(expected, rel=1e-5)
 
 
+def test_answer_only_logits_give_the_same_loss_and_gradients(base, rows):
+    """The output layer on the answer positions only (data.answer_positions) changes nothing."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(base, config)  # B != 0, so every LoRA weight gets a gradient
+    ragged = [rows[0], {"input_ids": rows[1]["input_ids"][:9], "labels": rows[1]["labels"][:9]}]
+    results = []
+    for answer_logits_only in (False, True):
+        model.zero_grad()
+        output = model(**collate(ragged, pad_id=0, answer_logits_only=answer_logits_only))
+        output.loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        results.append((output.loss, grads, output.logits.shape))
+    (full_loss, full_grads, full_shape), (loss, grads, shape) = results
+    assert full_shape[:2] == (2, 12) and shape[0] == 6 + 3  # logits for 9 answer tokens only
+    torch.testing.assert_close(loss, full_loss, rtol=1e-6, atol=0)
+    for grad, full_grad in zip(grads, full_grads, strict=True):
+        torch.testing.assert_close(grad, full_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_training_runs_eager_attention_on_a_cpu_and_restores_the_models_own(base, rows):
+    seen = []
+    base.model.layers[0].self_attn.register_forward_hook(
+        lambda module, args, out: seen.append(module.config._attn_implementation)
+    )
+    base.set_attn_implementation("sdpa")
+    inject_lora(base, ["q_proj"], r=2)
+    cpu = Precision("cpu", torch.float32, torch.float32, False, "test")
+    train(base, rows, steps=2, lr=1e-3, pad_id=0, batch_size=4, precision=cpu, progress=False)
+    assert seen == ["eager", "eager"] and base.config._attn_implementation == "sdpa"
+    with pytest.raises(FloatingPointError), torch.no_grad():  # restored on the way out of an error
+        base.model.norm.weight[0] = float("nan")
+        train(base, rows, steps=1, lr=1e-3, pad_id=0, batch_size=4, precision=cpu, progress=False)
+    assert base.config._attn_implementation == "sdpa"
+
+
 def test_a_fully_frozen_model_is_refused(base, rows):
     base.requires_grad_(False)
     with pytest.raises(ValueError, match="nothing to train"):

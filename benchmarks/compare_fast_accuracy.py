@@ -2,9 +2,9 @@
 
 For each seed and each training setting below, the recipe (PEFT, all linear layers, r = 8, the
 Trainer, `FinetuneConfig.for_runtime`'s CPU workload) trains one adapter on the task; each adapter
-is scored on the whole test split by greedy generation, once in fp32 and once under bf16 autocast
-(the precision the course's evaluation uses where the CPU has bf16), so that training and scoring
-are separated:
+is scored on the whole test split by greedy generation, in fp32 (as the course's evaluation runs)
+and also under bf16 autocast (about 1.6x faster generation, not adopted; `--scoring fp32` skips it),
+so that training and scoring are separated:
 
     fp32 random      what every CPU ran before: fp32, batches in random order
     bf16 random      bf16 autocast only (weights and adapters stay fp32)

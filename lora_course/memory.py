@@ -1,9 +1,16 @@
 """Training-memory arithmetic: full fine-tuning vs LoRA vs QLoRA (introduced in notebook 03).
 
 A calculator, not a simulator. Every assumption is a named argument or stated below:
-- weights are stored in `weight_bytes` per parameter (fp32 = 4, bf16 = 2); a QLoRA base is 4-bit
-  NF4 with one fp32 scale per 64 weights (0.5 + 4/64 = 0.5625 bytes per parameter);
-- every trainable parameter has a gradient and two AdamW moments, all fp32 (4 + 8 bytes);
+- frozen weights are stored in `weight_bytes` per parameter (fp32 = 4, bf16 = 2); a QLoRA base
+  stores the linear layers of its decoder blocks in 4-bit NF4 (`bnb_4bit_quant_type="nf4"`) with
+  one fp32 scale per 64 weights (0.5 + 4/64 = 0.5625 bytes per parameter; no double quantization,
+  `BitsAndBytesConfig`'s default; the QLoRA paper's double quantization makes it about 0.516)
+  and keeps the rest (the embedding, the output layer `lm_head`, the norms) in `weight_bytes`, as
+  bitsandbytes and transformers do: only `nn.Linear` layers are quantized, and `lm_head` is left
+  out;
+- every trained parameter is held in fp32 with an fp32 gradient and two fp32 AdamW moments
+  (4 + 4 + 8 = 16 bytes): mixed precision, so full fine-tuning keeps fp32 weights whatever
+  `weight_bytes` says, and LoRA's A and B are fp32 (PEFT's default);
 - activations kept for the backward pass, per token and per decoder block, are about
   10 h + 2 kv + 4 i + a s values (h: hidden size, kv: key/value width, i: MLP width, a: heads,
   s: sequence length; that is two norms, attention inputs, eager attention probabilities and MLP
@@ -50,24 +57,39 @@ def activation_bytes(config, batch: int, seq: int, bytes_per_value: int = 4) -> 
     return batch * seq * per_token * bytes_per_value
 
 
+def quantized_parameters(config) -> int:
+    """Parameters in the decoder blocks' linear layers: what QLoRA keeps in 4 bits (notebook 03)."""
+    block = sum(n_in * n_out for n_in, n_out in projection_shapes(config).values())
+    return config.num_hidden_layers * block
+
+
 def estimate_training_memory(
     config,
     method: str,
-    total_params: int,
-    trainable_params: int,
+    base_params: int,
+    lora_params: int,
     batch: int,
     seq: int,
     weight_bytes: float = 4,
     activation_value_bytes: int = 4,
 ) -> MemoryEstimate:
-    """Memory to train with `method` ('full', 'lora' or 'qlora'), by the stated assumptions."""
+    """Memory to train with `method` ('full', 'lora' or 'qlora'), by the stated assumptions.
+
+    `base_params` counts the model without adapters; `lora_params` the adapters' A and B (unused
+    for 'full', which trains every base parameter).
+    """
     if method not in ("full", "lora", "qlora"):
         raise ValueError(f"method must be 'full', 'lora' or 'qlora', got {method!r}")
-    trained = total_params if method == "full" else trainable_params
-    frozen = total_params - trained
-    frozen_bytes = QLORA_BYTES if method == "qlora" else weight_bytes
+    if method == "full":
+        frozen_bytes, trained = 0.0, base_params
+    elif method == "lora":
+        frozen_bytes, trained = base_params * weight_bytes, lora_params
+    else:
+        quantized = quantized_parameters(config)
+        frozen_bytes = quantized * QLORA_BYTES + (base_params - quantized) * weight_bytes
+        trained = lora_params
     return MemoryEstimate(
-        weights=frozen * frozen_bytes + trained * 4,  # trained weights kept in fp32
+        weights=frozen_bytes + trained * 4,  # trained weights kept in fp32
         gradients=trained * 4,
         optimizer=trained * 8,  # AdamW: first and second moments
         activations=activation_bytes(config, batch, seq, activation_value_bytes),
@@ -160,12 +182,13 @@ def _probe(method: str, batch: int, seq: int, steps: int, r: int, targets: list[
     train(model, rows, steps=steps, lr=1e-5, pad_id=0, batch_size=batch, precision=precision,
           progress=False)  # fmt: skip
     counts = count_parameters(model)
+    lora = counts.trainable if method == "lora" else 0
     return {
         "method": method,
         "device": "cuda" if on_gpu else "cpu",
         "peak": torch.cuda.max_memory_allocated() if on_gpu else _rss_bytes("VmHWM") - baseline,
-        "trainable": counts.trainable,
-        "total": counts.total,
+        "base": counts.total - lora,  # the model without adapters
+        "lora": lora,
     }
 
 

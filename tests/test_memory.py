@@ -8,6 +8,7 @@ from lora_course.memory import (
     activation_bytes,
     estimate_training_memory,
     measure_training_peak,
+    quantized_parameters,
 )
 
 
@@ -48,20 +49,51 @@ def test_activation_estimate_bounds_what_autograd_keeps(overrides, batch, seq):
     assert 0.85 * estimate < measured <= estimate, (measured, estimate)
 
 
+def test_quantized_parameters_are_the_blocks_linear_layers():
+    """What bitsandbytes quantizes: every nn.Linear but lm_head; not the embedding or the norms."""
+    model = tiny_llama()
+    linear = sum(
+        module.weight.numel()
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name != "lm_head"
+    )
+    assert quantized_parameters(model.config) == linear == 2 * 36_864  # 2 blocks of 7 layers
+
+
 def test_full_lora_and_qlora_charge_what_the_docstring_says(config):
-    full = estimate_training_memory(config, "full", 1000, 10, batch=1, seq=8)
-    assert (full.weights, full.gradients, full.optimizer) == (4000, 4000, 8000)
-    lora = estimate_training_memory(config, "lora", 1000, 10, batch=1, seq=8, weight_bytes=2)
-    assert (lora.weights, lora.gradients, lora.optimizer) == (990 * 2 + 40, 40, 80)
-    qlora = estimate_training_memory(config, "qlora", 1000, 10, batch=1, seq=8)
-    # NF4: 4 bits = 0.5 bytes per weight, plus one fp32 scale (4 bytes) per 64 weights
-    assert qlora.weights == pytest.approx(990 * 0.5625 + 40)
-    assert full.activations == lora.activations == qlora.activations > 0
-    assert full.total == 4000 + 4000 + 8000 + full.activations
+    base, lora = 100_000, 10
+    full = estimate_training_memory(config, "full", base, lora, batch=1, seq=8, weight_bytes=2)
+    # every parameter trained: fp32 weight, gradient and two moments, whatever weight_bytes says
+    assert (full.weights, full.gradients, full.optimizer) == (4 * base, 4 * base, 8 * base)
+    lora_estimate = estimate_training_memory(config, "lora", base, lora, 1, 8, weight_bytes=2)
+    assert (lora_estimate.weights, lora_estimate.gradients, lora_estimate.optimizer) == (
+        base * 2 + lora * 4,
+        lora * 4,
+        lora * 8,
+    )
+    qlora = estimate_training_memory(config, "qlora", base, lora, 1, 8, weight_bytes=2)
+    # NF4 (0.5 bytes, plus one fp32 scale per 64 weights) for the blocks' linear layers only
+    quantized = quantized_parameters(config)
+    expected = quantized * 0.5625 + (base - quantized) * 2 + lora * 4
+    assert qlora.weights == pytest.approx(expected)
+    assert full.activations == lora_estimate.activations == qlora.activations > 0
+    assert full.total == 16 * base + full.activations
     gib = estimate_training_memory(config, "full", 2**28, 0, batch=1, seq=8).as_gib()
     assert (gib["weights"], gib["gradients"], gib["optimizer"]) == (1.0, 1.0, 2.0)  # 2^28 fp32
     with pytest.raises(ValueError, match="method"):
-        estimate_training_memory(config, "dora", 1000, 10, batch=1, seq=8)
+        estimate_training_memory(config, "dora", base, lora, batch=1, seq=8)
+
+
+def test_qlora_keeps_embedding_and_output_layer_in_16_bits():
+    """Llama-3.1-8B: a 4-bit base is about 5.6 GiB, not 8.0e9 x 0.5625 bytes (4.2 GiB)."""
+    from lora_course.architectures import ARCHITECTURES, build_config
+
+    config = build_config("Llama-3.1-8B")
+    base = ARCHITECTURES["Llama-3.1-8B"][2]
+    qlora = estimate_training_memory(config, "qlora", base, 0, batch=1, seq=8, weight_bytes=2)
+    embeddings = 2 * config.vocab_size * config.hidden_size  # untied: embedding and lm_head
+    assert base - quantized_parameters(config) - embeddings == 65 * config.hidden_size  # norms
+    assert qlora.weights / 2**30 == pytest.approx(5.6, abs=0.05)
 
 
 @pytest.mark.slow  # a subprocess that trains
@@ -70,5 +102,5 @@ def test_probe_measures_its_own_process_not_its_parent():
     ballast = torch.ones(250_000_000)  # 1 GB in this process
     result = measure_training_peak("lora", batch=1, seq=16, steps=1)
     assert ballast.sum() > 0
-    weights = result["total"] * 4
+    weights = (result["base"] + result["lora"]) * 4
     assert weights < result["peak"] < 3 * weights, result

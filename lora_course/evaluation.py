@@ -2,16 +2,21 @@
 
 Held-out loss says how likely the right answer is; accuracy says whether greedy decoding writes
 it. The two can disagree, and users see the second, so lessons 05-07 report accuracy.
+`answer_scores` gets both from one teacher-forced pass over the gold answers (notebook 06): greedy
+decoding writes a gold answer exactly when every answer token is the model's top choice after the
+tokens before it, so token-exact accuracy needs no generation.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from .chat import chat_input_ids
+from .data import collate
 from .tasks import get_task
 
 
@@ -84,8 +89,6 @@ def prompt_logits(model, tokenizer, prompts: list[str], system: str | None) -> t
 
     For comparing two models on the same inputs: merged vs unmerged, saved vs reloaded.
     """
-    from .data import collate
-
     rows = []
     for prompt in prompts:
         ids = chat_input_ids(tokenizer, prompt, system)[0].tolist()
@@ -96,3 +99,53 @@ def prompt_logits(model, tokenizer, prompts: list[str], system: str | None) -> t
         input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
     ).logits  # (B, T, vocab)
     return logits.float().cpu()
+
+
+@dataclass
+class AnswerScores:
+    """Teacher-forced scores of gold answers: loss per answer token, and rows written exactly."""
+
+    loss: float  # mean cross-entropy per answer token (prompt tokens don't count)
+    exact: list[bool]  # per row: greedy decoding would write its answer token for token
+
+    @property
+    def accuracy(self) -> float:
+        """Share of rows whose whole answer, end mark included, is the model's top choice."""
+        return sum(self.exact) / len(self.exact)
+
+
+@torch.no_grad()
+def answer_scores(model, rows, pad_id: int, batch_size: int = 16, precision=None) -> AnswerScores:
+    """Loss and token-exact accuracy of tokenized `rows` in one teacher-forced pass (notebook 06).
+
+    Each answer token is predicted from the gold tokens before it (teacher forcing). If every one
+    is the model's top choice, greedy decoding of the prompt writes exactly the gold answer and
+    stops at its end mark; if one is not, greedy decoding leaves the gold answer there. So
+    `exact` is what generating and comparing token ids would give, in one forward pass per batch
+    instead of one per new token (up to float rounding in near-ties). `precision` (a
+    devices.Precision) runs the pass under its autocast; by default it runs in the model's dtype.
+    """
+    if len(rows) == 0:
+        raise ValueError("no rows to score")
+    device = next(model.parameters()).device
+    autocast = precision.autocast() if precision is not None else nullcontext()
+    total, tokens, exact = 0.0, 0, []
+    model.eval()
+    for start in range(0, len(rows), batch_size):
+        chunk = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
+        batch = {
+            k: v.to(device) for k, v in collate(chunk, pad_id, answer_logits_only=True).items()
+        }
+        with autocast:
+            logits = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                logits_to_keep=batch["logits_to_keep"],  # (B, T) bool: before each answer token
+            ).logits  # (N, vocab): one row per answer token of the batch, row by row
+        targets = batch["shift_labels"]  # (N,)
+        total += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item()
+        tokens += len(targets)
+        hits = logits.argmax(dim=-1) == targets  # (N,): the top choice is the gold token
+        per_row = batch["logits_to_keep"].sum(dim=1).tolist()  # answer tokens in each row
+        exact += [bool(row_hits.all()) for row_hits in hits.split(per_row)]
+    return AnswerScores(loss=total / tokens, exact=exact)

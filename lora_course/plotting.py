@@ -43,3 +43,19 @@ def new_figure(ncols: int = 1, width: float = 5.0, height: float = 3.6):
     """A row of `ncols` axes of a readable size."""
     fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
     return fig, list(axes[0])
+
+
+def plot_spread(ax, spreads: dict, ylabel: str, title: str, percent: bool = False):
+    """One column per arm: each seed's value as a dot, the mean ± one standard deviation as a bar.
+
+    `spreads` maps labels to stats.Spread (notebook 06); `percent` shows values in [0, 1] as %.
+    """
+    scale = 100 if percent else 1
+    for x, spread in enumerate(spreads.values()):
+        values = np.asarray(spread.values) * scale
+        ax.scatter(np.full(len(values), x) + 0.12, values, s=14, color="0.55", zorder=3)
+        ax.errorbar(x, spread.mean * scale, yerr=spread.sd * scale, fmt="o", capsize=4, zorder=4)
+    ax.set_xticks(range(len(spreads)), list(spreads), fontsize=8)
+    ax.set_ylabel(ylabel + (" (%)" if percent else ""))
+    ax.set_title(title)
+    return ax

@@ -97,26 +97,11 @@ def train(
     return losses
 
 
-@torch.no_grad()
 def evaluate_loss(model, rows, pad_id: int, batch_size: int = 16) -> float:
     """Mean cross-entropy per answer token over `rows` (prompt tokens don't count)."""
-    device = next(model.parameters()).device
-    total, tokens = 0.0, 0
-    model.eval()
-    for start in range(0, len(rows), batch_size):
-        chunk = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
-        batch = collate(chunk, pad_id, answer_logits_only=True)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            logits_to_keep=batch["logits_to_keep"],  # (B, T) bool: positions before answer tokens
-        ).logits  # (N, vocab): one row per answer token, predicted from the tokens before it
-        targets = batch["shift_labels"]  # (N,)
-        loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
-        total += loss.item()
-        tokens += len(targets)
-    return total / tokens
+    from .evaluation import answer_scores  # one teacher-forced pass gives the loss (notebook 06)
+
+    return answer_scores(model, rows, pad_id, batch_size).loss
 
 
 def run_lora(

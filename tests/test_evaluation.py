@@ -1,10 +1,14 @@
-"""Scoring by generation: batched left-padded greedy decoding equals one prompt at a time."""
+"""Scoring: batched greedy decoding equals one prompt at a time; teacher forcing agrees with it."""
 
 import pytest
+import torch
 
 from lora_course import generate_reply, tiny_llama
-from lora_course.evaluation import evaluate_task, generate_batch
+from lora_course.data import collate
+from lora_course.devices import Precision
+from lora_course.evaluation import answer_scores, evaluate_task, generate_batch
 from lora_course.tasks import sql
+from lora_course.training import evaluate_loss
 
 
 @pytest.fixture
@@ -40,3 +44,49 @@ def test_evaluate_task_scores_every_row_with_the_tasks_scorer(tiny, smollm2_toke
     assert score.accuracy == pytest.approx(2 / 3)  # COUNT(id) is right: rows count, not text
     assert score.rates == {"executes": pytest.approx(2 / 3), "correct": pytest.approx(2 / 3)}
     assert "sql: 66.7% on 3 examples" in str(score)
+
+
+def _greedy_rows(model, prompts, new_tokens):
+    """Rows whose answers are the model's own greedy continuation of each prompt."""
+    rows = []
+    for prompt in prompts:
+        ids = torch.tensor([prompt])  # (1, T)
+        out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None)
+        answer = out[0, len(prompt) :].tolist()
+        rows.append({"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer})
+    return rows
+
+
+def test_answer_scores_say_exact_where_greedy_decoding_writes_the_answer():
+    model = tiny_llama(seed=0)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(1, 128, (n,), generator=g).tolist() for n in (3, 7, 5, 9)]
+    rows = _greedy_rows(model, prompts, new_tokens=6)
+    assert answer_scores(model, rows, pad_id=0).exact == [True] * 4
+    wrong = [dict(row) for row in rows]
+    for i, position in ((1, -1), (3, -6)):  # the last answer token; the first one
+        token = wrong[i]["labels"][position]
+        wrong[i] = {
+            "input_ids": wrong[i]["input_ids"][:position] + [token % 127 + 1]
+            + wrong[i]["input_ids"][len(wrong[i]["input_ids"]) + position + 1 :],
+            "labels": wrong[i]["labels"][:position] + [token % 127 + 1]
+            + wrong[i]["labels"][len(wrong[i]["labels"]) + position + 1 :],
+        }  # fmt: skip
+    scores = answer_scores(model, wrong, pad_id=0, batch_size=3)  # a batch boundary inside
+    assert scores.exact == [True, False, True, False] and scores.accuracy == 0.5
+    one_at_a_time = [answer_scores(model, [row], pad_id=0) for row in wrong]
+    assert scores.exact == [s.exact[0] for s in one_at_a_time]
+    assert scores.loss == pytest.approx(evaluate_loss(model, wrong, pad_id=0), rel=1e-6)
+    with pytest.raises(ValueError, match="no rows"):
+        answer_scores(model, [], pad_id=0)
+
+
+def test_answer_scores_loss_is_the_models_own_loss_under_autocast():
+    model = tiny_llama(seed=0)
+    rows = _greedy_rows(model, [[5, 6, 7, 8]], new_tokens=4)
+    batch = collate(rows, pad_id=0)
+    with torch.no_grad():
+        expected = model(**batch).loss.item()
+    assert answer_scores(model, rows, pad_id=0).loss == pytest.approx(expected, rel=1e-5)
+    bf16 = Precision("cpu", torch.float32, torch.bfloat16, False, "test")
+    assert answer_scores(model, rows, 0, precision=bf16).loss == pytest.approx(expected, rel=0.05)

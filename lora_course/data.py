@@ -79,7 +79,7 @@ _TOKENIZED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer
 def tokenized_task(name: str, tokenizer):
     """`load_task(name)` tokenized for `tokenizer`, once per tokenizer: fine_tune reuses it.
 
-    Notebook 06 fine-tunes eight times on the same 2,000 rows; tokenizing them takes seconds.
+    Notebook 06 fine-tunes twelve times on the same 2,000 rows; tokenizing them takes seconds.
     """
     by_task = _TOKENIZED.setdefault(tokenizer, {})
     if name not in by_task:

@@ -114,7 +114,29 @@ class AnswerScores:
         return sum(self.exact) / len(self.exact)
 
 
-@torch.no_grad()
+def _answer_logits(model, rows, pad_id: int, batch_size: int, precision):
+    """Per batch: logits (N, vocab) at the positions before each answer token, the targets (N,)
+    and the number of answer tokens in each row: one teacher-forced pass, no gradients."""
+    if len(rows) == 0:
+        raise ValueError("no rows to score")
+    device = next(model.parameters()).device
+    autocast = precision.autocast if precision is not None else nullcontext
+    model.eval()
+    for start in range(0, len(rows), batch_size):
+        chunk = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
+        batch = {
+            k: v.to(device) for k, v in collate(chunk, pad_id, answer_logits_only=True).items()
+        }
+        with torch.no_grad(), autocast():
+            logits = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                logits_to_keep=batch["logits_to_keep"],  # (B, T) bool: before each answer token
+            ).logits  # (N, vocab): one row per answer token of the batch, row by row
+        per_row = batch["logits_to_keep"].sum(dim=1).tolist()  # answer tokens in each row
+        yield logits.float(), batch["shift_labels"], per_row
+
+
 def answer_scores(model, rows, pad_id: int, batch_size: int = 16, precision=None) -> AnswerScores:
     """Loss and token-exact accuracy of tokenized `rows` in one teacher-forced pass (notebook 06).
 
@@ -125,27 +147,48 @@ def answer_scores(model, rows, pad_id: int, batch_size: int = 16, precision=None
     instead of one per new token (up to float rounding in near-ties). `precision` (a
     devices.Precision) runs the pass under its autocast; by default it runs in the model's dtype.
     """
-    if len(rows) == 0:
-        raise ValueError("no rows to score")
-    device = next(model.parameters()).device
-    autocast = precision.autocast() if precision is not None else nullcontext()
     total, tokens, exact = 0.0, 0, []
-    model.eval()
-    for start in range(0, len(rows), batch_size):
-        chunk = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
-        batch = {
-            k: v.to(device) for k, v in collate(chunk, pad_id, answer_logits_only=True).items()
-        }
-        with autocast:
-            logits = model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                logits_to_keep=batch["logits_to_keep"],  # (B, T) bool: before each answer token
-            ).logits  # (N, vocab): one row per answer token of the batch, row by row
-        targets = batch["shift_labels"]  # (N,)
-        total += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item()
+    for logits, targets, per_row in _answer_logits(model, rows, pad_id, batch_size, precision):
+        total += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
         tokens += len(targets)
         hits = logits.argmax(dim=-1) == targets  # (N,): the top choice is the gold token
-        per_row = batch["logits_to_keep"].sum(dim=1).tolist()  # answer tokens in each row
         exact += [bool(row_hits.all()) for row_hits in hits.split(per_row)]
     return AnswerScores(loss=total / tokens, exact=exact)
+
+
+# Requests that have nothing to do with either course task: what an adapter should leave alone.
+UNRELATED_PROMPTS = (
+    "Write a haiku about the sea.",
+    "What is the capital of France?",
+    "Give me three tips for a good night's sleep.",
+    "Explain photosynthesis in one sentence.",
+    "Translate 'good morning' into Spanish.",
+    "What is 12 times 7?",
+    "Name three primary colours.",
+    "Suggest a name for a friendly cat.",
+    "Why is the sky blue?",
+    "Write one sentence about autumn.",
+    "What does a thermometer measure?",
+    "List two benefits of regular exercise.",
+)
+
+
+def kl_from_base(base, adapted, rows, pad_id: int, batch_size: int = 16, precision=None) -> float:
+    """Mean KL(base || adapted) per answer token of `rows`, teacher-forced (notebook 05).
+
+    0 when the two models predict the same next-token distributions. On replies the base model
+    wrote itself to prompts unrelated to the task, it measures how far fine-tuning moved the
+    model away from what it did before: a measure of forgetting.
+    """
+    total, tokens = 0.0, 0
+    pairs = zip(
+        _answer_logits(base, rows, pad_id, batch_size, precision),
+        _answer_logits(adapted, rows, pad_id, batch_size, precision),
+        strict=True,
+    )
+    for (base_logits, _, _), (adapted_logits, _, _) in pairs:
+        log_p = torch.log_softmax(base_logits, dim=-1)  # (N, vocab)
+        log_q = torch.log_softmax(adapted_logits, dim=-1)  # (N, vocab)
+        total += (log_p.exp() * (log_p - log_q)).sum().item()
+        tokens += len(base_logits)
+    return total / tokens

@@ -200,8 +200,19 @@ def grouped_by_length(rows, config: FinetuneConfig):
     return rows.select(order) if hasattr(rows, "select") else [rows[i] for i in order]
 
 
-def training_settings(config: FinetuneConfig, precision: Precision, output_dir) -> dict:
-    """TrainingArguments keywords: constant lr, no checkpoints, a loss logged every step."""
+def training_settings(
+    config: FinetuneConfig, precision: Precision, output_dir, eval_every: int | None = None
+) -> dict:
+    """TrainingArguments keywords: constant lr, no checkpoints, a loss logged every step.
+
+    `eval_every` > 0 also computes the loss on the Trainer's eval rows every that many steps.
+    """
+    evaluation = {
+        "eval_strategy": "steps",
+        "eval_steps": eval_every,
+        "per_device_eval_batch_size": 16,
+        "prediction_loss_only": True,  # the loss, not 49,152 logits per answer token
+    }
     return {
         "output_dir": str(output_dir),
         "max_steps": config.steps,
@@ -222,19 +233,35 @@ def training_settings(config: FinetuneConfig, precision: Precision, output_dir) 
         # the rows arrive already in length_grouped_order: the Trainer must keep that order
         "train_sampling_strategy": "sequential",
         **precision.trainer_kwargs,  # bf16 on Ampere+ and bf16 CPUs, fp16 (loss scaling) on a T4
+        **(evaluation if eval_every else {}),
     }
 
 
 def make_trainer(
-    model, tokenizer, train_rows, config: FinetuneConfig, precision: Precision, output_dir
+    model,
+    tokenizer,
+    train_rows,
+    config: FinetuneConfig,
+    precision: Precision,
+    output_dir,
+    eval_rows=None,
+    eval_every: int | None = None,
 ):
-    """A transformers Trainer for a PEFT model on tokenized rows (columns input_ids, labels)."""
+    """A transformers Trainer for a PEFT model on tokenized rows (columns input_ids, labels).
+
+    With `eval_rows` and `eval_every`, it also logs their loss ("eval_loss") every so many steps.
+    """
     from transformers import Trainer, TrainingArguments
 
+    if (eval_rows is None) != (eval_every is None):
+        raise ValueError("give eval_rows and eval_every together, or neither")
+    if eval_every is not None and not 1 <= eval_every <= config.steps:
+        raise ValueError(f"eval_every must be between 1 and {config.steps} steps, got {eval_every}")
     trainer = Trainer(
         model=model,
-        args=TrainingArguments(**training_settings(config, precision, output_dir)),
+        args=TrainingArguments(**training_settings(config, precision, output_dir, eval_every)),
         train_dataset=grouped_by_length(train_rows, config),  # little padding, random batch order
+        eval_dataset=eval_rows,
         data_collator=AnswerOnlyCollator(tokenizer.pad_token_id),
     )
     _bar_without_log_lines(trainer)  # the losses stay in trainer.state.log_history
@@ -269,6 +296,9 @@ def _bar_without_log_lines(trainer) -> None:
         def on_log(self, args, state, control, logs=None, **kwargs):
             pass  # the stock callback writes every log dict under the bar: 100 lines a run
 
+        def on_prediction_step(self, args, state, control, **kwargs):
+            pass  # no second bar for each evaluation during training: the eval_loss is logged
+
     for noisy in (NotebookProgressCallback, ProgressCallback, PrinterCallback):
         trainer.remove_callback(noisy)
     trainer.add_callback(StepBar())
@@ -285,9 +315,15 @@ def out_of_memory_advice(config: FinetuneConfig) -> str:
     )
 
 
+def logged(trainer, key: str) -> tuple[list[int], list[float]]:
+    """Steps and values of what the Trainer logged under `key`, e.g. "grad_norm" (notebook 05)."""
+    entries = [entry for entry in trainer.state.log_history if key in entry]
+    return [entry["step"] for entry in entries], [float(entry[key]) for entry in entries]
+
+
 def loss_history(trainer) -> list[float]:
     """The training loss of every logged step, from the Trainer's log history."""
-    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return logged(trainer, "loss")[1]
 
 
 def fine_tune(model, tokenizer, config: FinetuneConfig, precision: Precision | None = None):

@@ -90,3 +90,23 @@ def test_answer_scores_loss_is_the_models_own_loss_under_autocast():
     assert answer_scores(model, rows, pad_id=0).loss == pytest.approx(expected, rel=1e-5)
     bf16 = Precision("cpu", torch.float32, torch.bfloat16, False, "test")
     assert answer_scores(model, rows, 0, precision=bf16).loss == pytest.approx(expected, rel=0.05)
+
+
+def test_kl_from_base_is_zero_for_the_same_model_and_grows_with_a_change():
+    from lora_course.evaluation import kl_from_base
+
+    base = tiny_llama(seed=0)
+    rows = _greedy_rows(base, [[3, 4, 5], [9, 8, 7, 6, 5]], new_tokens=4)
+    assert kl_from_base(base, base, rows, pad_id=0) == pytest.approx(0.0, abs=1e-6)
+    nudged, moved = tiny_llama(seed=0), tiny_llama(seed=0)
+    with torch.no_grad():
+        nudged.lm_head.weight.mul_(1.1)
+        moved.lm_head.weight.mul_(2.0)
+    small, large = kl_from_base(base, nudged, rows, 0), kl_from_base(base, moved, rows, 0)
+    assert 0 < small < large
+    batch = collate(rows[:1], pad_id=0)  # by hand, on the first row: its 4 answer positions
+    with torch.no_grad():
+        p = torch.log_softmax(base(**batch).logits[0, 2:6], -1)
+        q = torch.log_softmax(nudged(**batch).logits[0, 2:6], -1)
+    by_hand = (p.exp() * (p - q)).sum(-1).mean().item()
+    assert kl_from_base(base, nudged, rows[:1], 0) == pytest.approx(by_hand, rel=1e-3)

@@ -259,3 +259,31 @@ def test_out_of_memory_says_which_setting_to_lower(
     config = FinetuneConfig(steps=300, batch_size=32, targets=("q_proj",))
     with pytest.raises(torch.OutOfMemoryError, match="batch_size=16, steps=600"):
         fine_tune(tiny_with_tokenizer, smollm2_tokenizer, config, CPU)
+
+
+def test_the_trainer_logs_the_eval_loss_it_is_asked_for(tiny_with_tokenizer, smollm2_tokenizer,
+                                                        tmp_path, capsys):  # fmt: skip
+    """eval_loss every `eval_every` steps on the eval rows; loss and grad_norm every step."""
+    from peft import get_peft_model
+
+    from lora_course.finetune import logged
+    from lora_course.training import evaluate_loss
+
+    rows = [{"input_ids": [1, 2, 3, 4, 5, 6], "labels": [-100, -100, -100, 4, 5, 6]}] * 8
+    config = FinetuneConfig(steps=4, batch_size=2, targets=("q_proj", "v_proj"))
+    model = get_peft_model(tiny_with_tokenizer, config.lora_config())
+    trainer = make_trainer(model, smollm2_tokenizer, rows, config, CPU, tmp_path,
+                           eval_rows=rows[:4], eval_every=2)  # fmt: skip
+    capsys.readouterr()
+    trainer.train()
+    steps, eval_losses = logged(trainer, "eval_loss")
+    assert steps == [2, 4] and eval_losses[-1] < eval_losses[0]
+    assert eval_losses[-1] == pytest.approx(evaluate_loss(model, rows[:4], 0), rel=1e-4)
+    assert logged(trainer, "grad_norm")[0] == [1, 2, 3, 4]
+    bars = capsys.readouterr().err  # the step bar (4 steps); no bar of 1 batch per evaluation
+    assert "4/4" in bars and "/1 [" not in bars, bars
+    with pytest.raises(ValueError, match="together"):
+        make_trainer(model, smollm2_tokenizer, rows, config, CPU, tmp_path, eval_rows=rows)
+    with pytest.raises(ValueError, match="eval_every must be between 1 and 4"):
+        make_trainer(model, smollm2_tokenizer, rows, config, CPU, tmp_path, rows, eval_every=5)
+    assert "eval_strategy" not in training_settings(config, CPU, "out")

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.lora-course-installed
 COURSE_OUT ?= build/course
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: help env course site test notebooks exercises grade bench lock clean
+.PHONY: help env course site test notebooks exercises grade bench lock warm clean
 
 help:
 	@echo "make course     run every notebook top to bottom (full mode) into $(COURSE_OUT)/,"
@@ -18,6 +18,7 @@ help:
 	@echo "make grade SUBMISSIONS=folder   grade students' exercise notebooks into grades.csv"
 	@echo "make bench      benchmark scripts (ratios measured side by side)"
 	@echo "make env        only create $(VENV) and install the course into it"
+	@echo "make warm       before a class: convert the weights, train notebook 07's adapters once"
 	@echo "make lock       rewrite constraints.txt from $(VENV) (after changing a dependency)"
 
 env: $(STAMP)
@@ -29,6 +30,9 @@ $(STAMP): pyproject.toml constraints.txt tools/setup_env.sh
 course: env
 	$(PY) tools/execute_notebooks.py --output-dir $(COURSE_OUT) $(NOTEBOOKS)
 	$(PY) tools/build_site.py --notebooks $(COURSE_OUT) --out build/site
+
+warm: env  # docs/workshop.md: run before a class (on 2 CPU cores two trainings of about 4 min)
+	$(PY) -m lora_course.finetune
 
 site: env  # the committed notebooks, rendered
 	$(PY) tools/build_site.py --out build/site

@@ -246,10 +246,12 @@ def make_trainer(
     output_dir,
     eval_rows=None,
     eval_every: int | None = None,
+    progress: bool = True,
 ):
     """A transformers Trainer for a PEFT model on tokenized rows (columns input_ids, labels).
 
     With `eval_rows` and `eval_every`, it also logs their loss ("eval_loss") every so many steps.
+    `progress=False`: no step bar (a sweep shows one bar over its runs instead).
     """
     from transformers import Trainer, TrainingArguments
 
@@ -264,7 +266,7 @@ def make_trainer(
         eval_dataset=eval_rows,
         data_collator=AnswerOnlyCollator(tokenizer.pad_token_id),
     )
-    _bar_without_log_lines(trainer)  # the losses stay in trainer.state.log_history
+    _bar_without_log_lines(trainer, progress)  # the losses stay in trainer.state.log_history
     _train_with_training_attention(trainer, precision)  # eager attention on a CPU
     return trainer
 
@@ -287,7 +289,7 @@ def _train_with_training_attention(trainer, precision: Precision) -> None:
         trainer.add_callback(TrainingAttention())
 
 
-def _bar_without_log_lines(trainer) -> None:
+def _bar_without_log_lines(trainer, progress: bool = True) -> None:
     """Replace the Trainer's progress display (a bar plus a printed dict per logged step)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.utils.notebook import NotebookProgressCallback
@@ -301,7 +303,8 @@ def _bar_without_log_lines(trainer) -> None:
 
     for noisy in (NotebookProgressCallback, ProgressCallback, PrinterCallback):
         trainer.remove_callback(noisy)
-    trainer.add_callback(StepBar())
+    if progress:
+        trainer.add_callback(StepBar())
 
 
 def out_of_memory_advice(config: FinetuneConfig) -> str:
@@ -326,10 +329,13 @@ def loss_history(trainer) -> list[float]:
     return logged(trainer, "loss")[1]
 
 
-def fine_tune(model, tokenizer, config: FinetuneConfig, precision: Precision | None = None):
+def fine_tune(
+    model, tokenizer, config: FinetuneConfig, precision: Precision | None = None, progress=True
+):
     """get_peft_model + Trainer on the task's training split; returns (peft_model, losses, s/step).
 
     `model` is wrapped in place (PEFT injects into it): pass a copy to keep the base clean.
+    `progress=False` hides the step bar (make_trainer).
     """
     import tempfile
 
@@ -342,7 +348,9 @@ def fine_tune(model, tokenizer, config: FinetuneConfig, precision: Precision | N
     peft_model = get_peft_model(model, config.lora_config())
     train_rows = tokenized_task(config.task, tokenizer)["train"]  # tokenized once per tokenizer
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = make_trainer(peft_model, tokenizer, train_rows, config, precision, output_dir)
+        trainer = make_trainer(
+            peft_model, tokenizer, train_rows, config, precision, output_dir, progress=progress
+        )
         start = time.perf_counter()
         try:
             trainer.train()
@@ -391,3 +399,22 @@ def cached_adapter(model, tokenizer, config: FinetuneConfig, cache: str | Path |
     }
     (folder / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
     return folder
+
+
+def warm_caches(tasks: tuple[str, ...] = ("tickets", "sql")) -> list[Path]:
+    """Before a class: convert the weights, train the cached adapters once (`make warm`).
+
+    The same calls as the lesson that loads both adapters makes, so there `cached_adapter` finds
+    them instead of training (docs/workshop.md, the instructor's guide).
+    """
+    from .models import load_smollm2
+
+    precision = choose_precision()
+    print(f"precision: {precision}")
+    model, tokenizer = load_smollm2(dtype=torch.float32)
+    configs = [FinetuneConfig.for_runtime(task, precision) for task in tasks]
+    return [cached_adapter(model, tokenizer, config) for config in configs]
+
+
+if __name__ == "__main__":
+    warm_caches()

@@ -120,12 +120,14 @@ def run_lora(
     seed: int = 0,
     desc: str | None = None,
     precision: Precision | None = None,
+    progress: bool = True,
 ) -> dict:
     """One LoRA experiment on a fresh copy of `base_model`: inject, train, evaluate (notebook 04).
 
     The base model is never modified. Every run with the same seed sees the same batches and
     starts from the same A (B is zero), so runs differ only in the settings being compared.
     `precision` (default: choose_precision()) sets the copy's weight dtype and the autocast.
+    `progress=False` hides the step bar, for a sweep that shows one bar over its runs instead.
     """
     import copy
     import time
@@ -139,7 +141,7 @@ def run_lora(
     start = time.perf_counter()
     losses = train(
         model, train_rows, steps=steps, lr=lr, pad_id=pad_id, batch_size=batch_size, seed=seed,
-        precision=precision,
+        precision=precision, progress=progress,
         desc=desc or f"r={r} alpha={alpha:g} lr={lr:g}{' rsLoRA' if use_rslora else ''}",
     )  # fmt: skip
     seconds = time.perf_counter() - start

@@ -2,6 +2,7 @@
 
 import dataclasses
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,8 @@ from lora_course.finetune import (
     training_settings,
 )
 from lora_course.tasks import TASKS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CPU = choose_precision(cuda_available=False, cpu_bf16="")
 CPU_BF16 = choose_precision(cuda_available=False, cpu_bf16="avx512_bf16")
@@ -101,6 +104,10 @@ def test_the_trainer_shows_one_bar_and_no_log_line_per_step(
     assert not any(k.__name__ == "NotebookProgressCallback" for k in kinds)
     bars[0].on_log(trainer.args, trainer.state, trainer.control, logs={"loss": 1.0})
     assert capsys.readouterr() == ("", ""), "a logged loss prints nothing (it stays in log_history)"
+    quiet = make_trainer(tiny_with_tokenizer, smollm2_tokenizer, [], FinetuneConfig(), CPU,
+                         tmp_path, progress=False)  # fmt: skip
+    quiet_kinds = [type(c) for c in quiet.callback_handler.callbacks]
+    assert not any(issubclass(k, (ProgressCallback, PrinterCallback)) for k in quiet_kinds)
 
 
 def test_padding_share_counts_what_each_batch_pads_to_its_longest_row():
@@ -287,3 +294,20 @@ def test_the_trainer_logs_the_eval_loss_it_is_asked_for(tiny_with_tokenizer, smo
     with pytest.raises(ValueError, match="eval_every must be between 1 and 4"):
         make_trainer(model, smollm2_tokenizer, rows, config, CPU, tmp_path, rows, eval_every=5)
     assert "eval_strategy" not in training_settings(config, CPU, "out")
+
+
+def test_warm_caches_trains_what_notebook_07_then_loads(monkeypatch):
+    """`make warm` must ask for exactly the adapters notebook 07 asks for, or it warms nothing."""
+    from lora_course import finetune, models
+
+    asked = []
+    monkeypatch.setattr(models, "load_smollm2", lambda dtype: ("model", "tokenizer"))
+    monkeypatch.setattr(
+        finetune, "cached_adapter", lambda model, tokenizer, config: asked.append(config)
+    )
+    finetune.warm_caches()
+    precision = finetune.choose_precision()
+    assert asked == [FinetuneConfig.for_runtime(task, precision) for task in ("tickets", "sql")]
+    notebook = (ROOT / "notebooks" / "07_save_load_swap_merge.ipynb").read_text()
+    calls = ("load_smollm2(dtype=torch.float32)", "FinetuneConfig.for_runtime(task, precision)")
+    assert all(call in notebook for call in calls), calls

@@ -84,11 +84,13 @@ def test_divergence_is_reported_not_hidden(base, rows):
         train(base, rows, steps=5, lr=1e-3, pad_id=0, batch_size=4, progress=False)
 
 
-def test_run_lora_leaves_the_base_untouched_and_is_reproducible(base, rows):
+def test_run_lora_leaves_the_base_untouched_and_is_reproducible(base, rows, capsys):
     before = {n: p.clone() for n, p in base.state_dict().items()}
     settings = dict(targets=["q_proj"], r=2, alpha=4, lr=1e-2, steps=5, pad_id=0, batch_size=4)
     first = run_lora(base, rows, rows, **settings)
-    second = run_lora(base, rows, rows, **settings)
+    assert "/5 [" in capsys.readouterr().err, "the step bar"
+    second = run_lora(base, rows, rows, **settings, progress=False)
+    assert capsys.readouterr().err == "", "no bar: a sweep shows its own"
     assert first["losses"] == second["losses"] and first["eval_loss"] == second["eval_loss"]
     assert all(torch.equal(p, before[n]) for n, p in base.state_dict().items())
     assert first["eval_loss"] < evaluate_loss(base, rows, pad_id=0)

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,9 @@ MISSING = "Chromium is not installed (apt-get install chromium); .ci/run install
 IN_CI = os.environ.get("CI", "").lower() == "true"
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None and not IN_CI, reason=MISSING)]
 LESSONS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+REPOSITORY = PYPROJECT["project"]["urls"]["Repository"]  # https://github.com/OWNER/NAME
+COLAB = "https://colab.research.google.com/github/" + REPOSITORY.removeprefix("https://github.com/")
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +65,8 @@ class Browser:
         ]
         for domain in ("Page", "Runtime", "Log"):
             self.call(f"{domain}.enable", session=True)
+        self.call("Emulation.setDeviceMetricsOverride", session=True, width=1440, height=900,
+                  deviceScaleFactor=1, mobile=False)  # a laptop screen  # fmt: skip
 
     def call(self, method, session=False, **params):
         self.next_id += 1
@@ -123,6 +129,11 @@ def browser(tmp_path_factory):
 
 
 IMAGES = "[...document.images].filter(i => i.src.startsWith('data:image/png'))"
+SIDEWAYS = (  # the first line of each code cell whose text is wider than its box
+    "[...document.querySelectorAll('.jp-InputArea .highlight, .jp-InputArea pre')]"
+    ".filter(e => e.scrollWidth > e.clientWidth + 1)"
+    ".map(e => e.textContent.trim().split('\\n')[0])"
+)
 LOADED = f"document.readyState === 'complete' && {IMAGES}.every(i => i.complete)"
 
 
@@ -138,6 +149,29 @@ def test_lesson_page_loads_cleanly_and_shows_its_figures(site, browser, lesson):
     assert shown == figures, f"{lesson}: {figures} figures in the notebook, {shown} shown"
     title = browser.evaluate("document.querySelector('h1, h2').textContent")
     assert title.strip().startswith(lesson[:2]), title
+    assert browser.evaluate(SIDEWAYS) == [], f"{lesson}: code cells that scroll sideways"
+    assert browser.evaluate("document.querySelectorAll('.celltoolbar, .cell-tag').length") == 0
+    badges = browser.evaluate(
+        "[...document.querySelectorAll('a[href^=\"https://colab.research.google.com/\"]')]"
+        ".map(a => [a.href, a.querySelector('img') ? a.querySelector('img').naturalWidth : 0])"
+    )
+    ref = PYPROJECT["tool"]["lora_course"]["colab-ref"]
+    assert badges == [[f"{COLAB}/blob/{ref}/notebooks/{lesson}.ipynb", 117]], badges
+
+
+def test_navigation_names_each_lesson_by_its_title(site, browser):
+    assert not browser.open(f"{site}/index.html")
+    names = browser.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('nav a')]"
+        ".filter(a => (a.getAttribute('href') || '').includes('notebooks/'))"
+        ".map(a => [a.getAttribute('href').split('/').pop(), a.textContent.trim()]))"
+    )
+    for lesson in LESSONS:
+        notebook = json.loads((ROOT / "notebooks" / f"{lesson}.ipynb").read_text())
+        heading = "".join(notebook["cells"][0]["source"]).splitlines()[0].removeprefix("# ")
+        assert names[f"{lesson}.html"] == heading
+    title = "05 · Fine-tune SmolLM2 with PEFT and the Trainer"  # not "Finetune smollm2 with peft"
+    assert names["05_finetune_smollm2_with_peft.html"] == title
 
 
 def test_math_renders_and_lessons_link_in_order(site, browser):
@@ -148,6 +182,16 @@ def test_math_renders_and_lessons_link_in_order(site, browser):
     assert next_link.endswith("03_parameter_arithmetic.html")
     errors = browser.open(next_link)
     assert not errors and "03" in browser.evaluate("document.title")
+
+
+def test_the_instructors_guide_is_a_page_with_working_lesson_links(site, browser):
+    assert not browser.open(f"{site}/workshop.html")
+    assert browser.evaluate("document.title").startswith("Instructor's guide")
+    lessons = browser.evaluate(
+        "[...document.querySelectorAll('article a')].map(a => a.getAttribute('href'))"
+        ".filter(h => h.startsWith('notebooks/'))"
+    )
+    assert lessons and all(Path(h).stem in LESSONS for h in lessons), lessons
 
 
 def test_home_page_lists_every_lesson_in_order(site, browser):

@@ -3,8 +3,9 @@
 python tools/build_site.py [--notebooks build/course] [--out build/site]
 
 The pages are assembled in build/site-src/: the README as the home page (its links to notebooks
-rewritten to the rendered pages), the lessons in order, the exercises and solutions, and a local
-copy of MathJax, so the site works offline. MkDocs (Material theme, mkdocs-jupyter) renders it.
+rewritten to the rendered pages), the instructor's guide (docs/workshop.md), the lessons in order,
+the exercises and solutions, and local copies of MathJax and the Colab badge, so the site works
+offline. MkDocs (Material theme, mkdocs-jupyter) renders it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,24 @@ MATHJAX_CONFIG = """MathJax.Hub.Config({
 MathJax.Ajax.loadComplete("[MathJax]/config/course.js");
 """
 
+# Code lines run up to 100 characters (the course's line length). Material's default column is
+# narrower than that next to the navigation: widen the page and set code in 12 px, so that
+# a code cell does not scroll sideways on a laptop screen (tests/test_site.py checks at 1440 px).
+COURSE_CSS = """.md-grid { max-width: 90rem; }
+.jupyter-wrapper .jp-InputArea pre { font-size: 12px; }
+"""
+# The notebooks' "Open in Colab" badge image lives on colab.research.google.com; the site shows a
+# local copy, so a page opened offline has no failed request (the link still goes to Colab).
+COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+LOCAL_BADGE = "../assets/colab-badge.svg"  # pages sit one folder deep
+BADGE_SVG = """<svg xmlns="http://www.w3.org/2000/svg" width="117" height="20" role="img"
+ aria-label="Open in Colab"><rect width="117" height="20" rx="3" fill="#444"/>
+<rect x="24" width="93" height="20" rx="3" fill="#e8710a"/><rect x="24" width="6" height="20"
+ fill="#e8710a"/><circle cx="12" cy="10" r="5" fill="none" stroke="#f9ab00" stroke-width="2.5"/>
+<text x="70" y="14" fill="#fff" font-family="Verdana,sans-serif" font-size="11"
+ text-anchor="middle">Open in Colab</text></svg>
+"""
+
 
 def assemble(notebook_dir: Path, source: Path) -> dict:
     """Copy pages into `source`; return the navigation, lessons first, in lesson order."""
@@ -51,26 +70,45 @@ def assemble(notebook_dir: Path, source: Path) -> dict:
     readme = re.sub(r"\]\((?!https?:)([^)]+\.md)\)", lambda m: f"]({_md_link(m[1])})", readme)
     (source / "index.md").write_text(readme)
     _copy_mathjax(source / "assets" / "mathjax")
+    (source / "assets" / "course.css").write_text(COURSE_CSS)
+    (source / "assets" / "colab-badge.svg").write_text(BADGE_SVG)
+    guide = ROOT / "docs" / "workshop.md"  # the instructor's guide, a page of its own
+    (source / "workshop.md").write_text(guide.read_text().replace("](../", "]("))  # one level up
+    nav.insert(1, {"Instructor's guide": "workshop.md"})
     return nav
 
 
 def _copy_for_site(path: Path, target: Path) -> None:
     """The notebook without ipywidgets state: progress bars show as text, and the page does not
-    try to fetch the widget manager from a CDN (the site must work offline)."""
+    try to fetch the widget manager from a CDN (the site must work offline). Cell tags are for
+    nbval, not for readers: without them the page shows no tag chips. The Colab badge shows the
+    site's own copy of its image."""
     notebook = json.loads(path.read_text())
     notebook["metadata"].pop("widgets", None)
     for cell in notebook["cells"]:
+        cell["metadata"].pop("tags", None)
+        if cell["cell_type"] == "markdown":
+            cell["source"] = "".join(cell["source"]).replace(COLAB_BADGE, LOCAL_BADGE)
         for output in cell.get("outputs", []):
             output.get("data", {}).pop("application/vnd.jupyter.widget-view+json", None)
     target.write_text(json.dumps(notebook))
 
 
 def _title(path: Path) -> str:
-    return f"{path.name[:2]} · " + path.stem[3:].replace("_", " ").capitalize()
+    """The notebook's own title, its first `# ` heading ("05 · Fine-tune SmolLM2 with PEFT")."""
+    for cell in json.loads(path.read_text())["cells"]:
+        if cell["cell_type"] == "markdown":
+            for line in "".join(cell["source"]).splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    raise ValueError(f"{path.name} has no '# ' title in its markdown cells")
 
 
 def _md_link(target: str) -> str:
-    """Links to other Markdown files in the repo point to GitHub-only files: keep them as text."""
+    """Links to the instructor's guide stay links; other Markdown files in the repo are
+    GitHub-only: such links go to the home page."""
+    if target == "docs/workshop.md":
+        return "workshop.md"
     return target if target.startswith(("notebooks/", "exercises/", "solutions/")) else "index.md"
 
 
@@ -115,6 +153,7 @@ def write_config(source: Path, out: Path, nav: list) -> Path:
             }
         ],
         "markdown_extensions": ["tables", "admonition"],
+        "extra_css": ["assets/course.css"],
     }
     path = source.parent / "mkdocs.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))

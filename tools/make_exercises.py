@@ -17,6 +17,9 @@ from pathlib import Path
 
 import nbformat
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling script, also run by tests
+from colab_cells import settings, with_colab_cells  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS, EXERCISES = ROOT / "solutions", ROOT / "exercises"
 BEGIN = re.compile(r"^(?P<indent>\s*)### BEGIN SOLUTION(?::\s*(?P<hint>.*))?$")
@@ -65,7 +68,8 @@ def exercise_from(solution_path: Path):
     note.id = "generated-note"
     notebook.cells.insert(1, note)
     notebook.metadata.pop("widgets", None)
-    return notebook
+    repository, ref = settings()  # the badge opens the exercise, not its solution
+    return with_colab_cells(notebook, f"exercises/{solution_path.name}", repository, ref, False)
 
 
 def main() -> int:

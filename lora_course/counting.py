@@ -92,9 +92,9 @@ def count_lora_parameters(model: nn.Module, targets, r: int) -> int:
 
     Works for any model whose adapted layers are nn.Linear, and on the `meta` device, where a model
     has shapes but no memory (lora_course.architectures.meta_model). `targets` is a list of names
-    matched as PEFT matches a list: a layer is adapted when its whole name, or its last dotted
-    part, equals a target; each adds r * (in + out). Unlike PEFT, a target that matches nothing
-    is an error, not silently skipped.
+    matched as PEFT matches a list: a layer is adapted when its whole name equals a target or
+    ends with "." + the target ("q_proj", "self_attn.q_proj"); each adds r * (in + out). Unlike
+    PEFT, a target that matches nothing is an error, not silently skipped.
     """
     if isinstance(targets, str):  # PEFT reads a string as one regex over the whole name
         raise TypeError(f"targets must be a list of layer names, like [{targets!r}]")

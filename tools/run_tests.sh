@@ -36,6 +36,7 @@ fi
 run_part "lint" ruff check lora_course tests tools benchmarks exercises "${notebook_dirs[@]}"
 run_part "format" ruff format --check lora_course tests tools benchmarks exercises "${notebook_dirs[@]}"
 run_part "exercises generated" python tools/make_exercises.py --check
+run_part "colab cells" python tools/colab_cells.py --check
 # The GGUF -> safetensors conversion, once per run, into the fresh cache: tests and notebooks reuse it.
 run_part "model weights" python -m lora_course.models
 # Unit tests use every core (pytest-xdist; a test module stays on one worker). Notebooks too, one

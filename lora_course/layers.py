@@ -15,16 +15,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .quantization import NF4Linear
+
 if TYPE_CHECKING:
     from peft.tuners.lora import Linear as PeftLinear
 
 
 class LoRALinear(nn.Module):
-    """A frozen `nn.Linear` plus a trainable low-rank update: y = W x + b + scaling * B A x."""
+    """A frozen `nn.Linear` plus a trainable low-rank update: y = W x + b + scaling * B A x.
+
+    The base may also be an `NF4Linear` (a 4-bit weight, QLoRA); such a layer cannot merge.
+    """
 
     def __init__(
         self,
-        base: nn.Linear,
+        base: nn.Linear | NF4Linear,
         r: int = 8,
         alpha: float = 16,
         dropout: float = 0.0,
@@ -75,6 +80,11 @@ class LoRALinear(nn.Module):
         """Fold the update into the base weight: W <- W + scaling * B A (undo with `unmerge`)."""
         if self.merged:
             raise ValueError("already merged: merging again would add B A to W twice.")
+        if isinstance(self.base, NF4Linear):
+            raise TypeError(
+                "a 4-bit base cannot absorb the update in place: merge into a full-precision copy "
+                "of its weight (lesson 08: which copy, and what re-quantizing loses)."
+            )
         delta = self.get_delta_weight()
         if not torch.isfinite(delta).all():
             raise ValueError("refusing to merge: the LoRA update contains NaN or inf values.")
@@ -117,7 +127,7 @@ def peft_lora_linear(
 def _check_args(base: nn.Module, r: int, alpha: float, dropout: float) -> None:
     if isinstance(base, LoRALinear):
         raise TypeError("this layer already has LoRA: wrap the original nn.Linear instead.")
-    if not isinstance(base, nn.Linear):
+    if not isinstance(base, nn.Linear | NF4Linear):
         raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}.")
     if isinstance(r, bool) or not isinstance(r, int):
         raise TypeError(f"rank r must be an int, got {type(r).__name__} {r!r}.")

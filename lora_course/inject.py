@@ -9,6 +9,7 @@ from torch import nn
 
 from .counting import ParamCount, count_parameters
 from .layers import LoRALinear
+from .quantization import BLOCK_SIZE, NF4Linear
 
 
 @dataclass
@@ -40,41 +41,65 @@ def inject_lora(
     dropout: float = 0.0,
     use_rslora: bool = False,
 ) -> InjectionReport:
-    """Freeze `model` and wrap every nn.Linear named in `target_modules` in a LoRALinear."""
-    targets = _as_target_list(target_modules)
-    found = {t: [] for t in targets}
-    for name, module in model.named_modules():
-        for target in targets:
-            if matches(name, target):
-                found[target].append((name, module))
+    """Freeze `model` and wrap every nn.Linear named in `target_modules` in a LoRALinear.
 
+    A layer that `quantize_linears` made 4-bit (an NF4Linear) is wrapped the same way: QLoRA.
+    """
+    found = _find_targets(model, target_modules, (nn.Linear, NF4Linear))
+    model.requires_grad_(False)  # everything frozen; the new lora_A / lora_B are trainable
+    for name, module in found:
+        _replace(model, name, LoRALinear(module, r, alpha, dropout, use_rslora))
+    settings = {"r": r, "alpha": alpha, "dropout": dropout, "use_rslora": use_rslora}
+    per_target = {t: sum(matches(n, t) for n, _ in found) for t in _as_target_list(target_modules)}
+    replaced = sorted(name for name, _ in found)
+    return InjectionReport(replaced, per_target, count_parameters(model), settings)
+
+
+def quantize_linears(
+    model: nn.Module, target_modules: str | Iterable[str], block_size: int = BLOCK_SIZE
+) -> list[str]:
+    """Freeze `model` and store every nn.Linear named in `target_modules` in NF4 (an NF4Linear).
+
+    QLoRA's base: the blocks' linear layers in 4 bits, the embedding, norms and output layer as
+    they were. Returns the names of the layers replaced.
+    """
+    found = _find_targets(model, target_modules, (nn.Linear,))
+    model.requires_grad_(False)
+    for name, module in found:
+        _replace(model, name, NF4Linear.from_linear(module, block_size))
+    return sorted(name for name, _ in found)
+
+
+def _find_targets(model: nn.Module, target_modules, kinds: tuple[type, ...]) -> list:
+    """(name, module) of every module a target names, refusing targets that match nothing and
+    modules of another kind."""
+    targets = _as_target_list(target_modules)
+    found = {t: [(n, m) for n, m in model.named_modules() if matches(n, t)] for t in targets}
     missing = [t for t, hits in found.items() if not hits]
     if missing:
         raise ValueError(
             f"target_modules {missing} matched no module. Linear layers in this model are "
             f"named like: {', '.join(_linear_suffixes(model))}."
         )
+    unique = {}
     for target, hits in found.items():
         for name, module in hits:
             if isinstance(module, LoRALinear):
                 raise TypeError(f"{name!r} already has LoRA; inject into a fresh model.")
-            if not isinstance(module, nn.Linear):
+            if not isinstance(module, kinds):
+                allowed = " or ".join(kind.__name__ for kind in kinds)
                 raise TypeError(
                     f"target {target!r} matched {name!r}, a {type(module).__name__}; "
-                    "LoRALinear can only wrap nn.Linear layers."
+                    f"only {allowed} layers can be replaced here."
                 )
+            unique[name] = module
+    return list(unique.items())
 
-    model.requires_grad_(False)  # everything frozen; the new lora_A / lora_B are trainable
-    replaced = []
-    for hits in found.values():
-        for name, module in hits:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, LoRALinear(module, r, alpha, dropout, use_rslora))
-            replaced.append(name)
-    settings = {"r": r, "alpha": alpha, "dropout": dropout, "use_rslora": use_rslora}
-    per_target = {t: len(hits) for t, hits in found.items()}
-    return InjectionReport(sorted(replaced), per_target, count_parameters(model), settings)
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
@@ -95,5 +120,6 @@ def _as_target_list(target_modules) -> list[str]:
 
 
 def _linear_suffixes(model: nn.Module, limit: int = 12) -> list[str]:
-    names = {n.rpartition(".")[2] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    linear = (nn.Linear, NF4Linear)
+    names = {n.rpartition(".")[2] for n, m in model.named_modules() if isinstance(m, linear)}
     return sorted(names)[:limit] or ["(none: this model has no nn.Linear layers)"]

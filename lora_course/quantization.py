@@ -68,15 +68,16 @@ class Blockwise:
     """A tensor as level indices and one absmax scale per block: what `quantize_blockwise` gives."""
 
     codes: torch.Tensor  # (numel,) uint8: the index of each weight's level
-    absmax: torch.Tensor  # (numel // block_size,) fp32: each block's largest |weight|
+    absmax: torch.Tensor  # (n_blocks,) fp32: each block's largest |value|
     levels: torch.Tensor  # (n_levels,) sorted, in [-1, 1]
     shape: torch.Size
     block_size: int
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The values the codes stand for, level * absmax, in `shape` and `dtype`."""
-        blocks = self.levels[self.codes.long()].view(-1, self.block_size)  # (n_blocks, block)
-        return (blocks * self.absmax[:, None]).view(self.shape).to(dtype)
+        values = self.levels[self.codes.long()]  # (numel,) in [-1, 1]
+        scales = per_value(self.absmax, self.block_size, len(values))  # (numel,)
+        return (values * scales).view(self.shape).to(dtype)
 
     def to(self, device: torch.device | str) -> Blockwise:
         """The same codes and scales on `device` (their dtypes never change)."""
@@ -87,18 +88,25 @@ class Blockwise:
 def quantize_blockwise(
     tensor: torch.Tensor, levels: torch.Tensor, block_size: int = BLOCK_SIZE
 ) -> Blockwise:
-    """Each block of `block_size` values (row-major) to the levels nearest value / block absmax."""
-    if tensor.numel() % block_size:
-        raise ValueError(f"{tensor.numel()} values do not split into blocks of {block_size}")
+    """Each block of `block_size` values (row-major) to the levels nearest value / block absmax.
+
+    A last block shorter than `block_size` gets its own absmax, as in bitsandbytes.
+    """
     if not torch.isfinite(tensor).all():
         raise ValueError("cannot quantize a tensor with NaN or infinite values")
     if len(levels) > 256 or not bool((levels[1:] > levels[:-1]).all()):
         raise ValueError("levels must be sorted, distinct and at most 256 (one byte per code)")
-    blocks = tensor.detach().float().reshape(-1, block_size)  # (n_blocks, block)
-    absmax = blocks.abs().amax(dim=1)  # (n_blocks,)
-    scaled = blocks / absmax.clamp_min(torch.finfo(torch.float32).tiny)[:, None]  # in [-1, 1]
-    codes = nearest_level(scaled.reshape(-1), levels.float())  # (numel,)
+    flat = tensor.detach().float().reshape(-1)  # (numel,)
+    padded = F.pad(flat, (0, -len(flat) % block_size))  # zeros leave every block's absmax as it is
+    absmax = padded.view(-1, block_size).abs().amax(dim=1)  # (n_blocks,)
+    scales = per_value(absmax.clamp_min(torch.finfo(torch.float32).tiny), block_size, len(flat))
+    codes = nearest_level(flat / scales, levels.float())  # (numel,): flat / scales is in [-1, 1]
     return Blockwise(codes, absmax, levels.float(), tensor.shape, block_size)
+
+
+def per_value(scales: torch.Tensor, block_size: int, numel: int) -> torch.Tensor:
+    """Each block's scale repeated for every value of the block: (n_blocks,) -> (numel,)."""
+    return scales.repeat_interleave(block_size)[:numel]
 
 
 def nearest_level(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -141,9 +149,9 @@ class NF4Weight:
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight the codes stand for, in `shape`, computed in fp32 and returned in `dtype`."""
         codes = unpack_nibbles(self.packed)  # (numel,)
-        levels = nf4_levels().to(codes.device)  # (16,)
-        blocks = levels[codes.long()].view(-1, self.block_size)  # (n_blocks, block)
-        return (blocks * self.absmax()[:, None]).view(self.shape).to(dtype)
+        values = nf4_levels().to(codes.device)[codes.long()]  # (numel,) in [-1, 1]
+        scales = per_value(self.absmax(), self.block_size, len(values))  # (numel,)
+        return (values * scales).view(self.shape).to(dtype)
 
     def to(self, device: torch.device | str) -> NF4Weight:
         """The same storage on `device` (its dtypes never change)."""
@@ -164,12 +172,9 @@ def to_nf4(
     weight: torch.Tensor, block_size: int = BLOCK_SIZE, scale_block_size: int = SCALE_BLOCK_SIZE
 ) -> NF4Weight:
     """Quantize `weight` to NF4 with double-quantized scales (QLoRA's storage)."""
+    if weight.numel() % 2:
+        raise ValueError(f"NF4 packs two codes a byte: {weight.numel()} values is an odd count")
     codes = quantize_blockwise(weight, nf4_levels(), block_size)
-    if codes.absmax.numel() % scale_block_size:
-        raise ValueError(
-            f"{codes.absmax.numel()} block scales do not split into blocks of {scale_block_size}: "
-            f"the weight needs a multiple of {block_size * scale_block_size} values"
-        )
     mean = codes.absmax.mean()  # the scales are all positive: centre them to use both signs
     scales = quantize_blockwise(codes.absmax - mean, int_levels(8), scale_block_size)
     return NF4Weight(pack_nibbles(codes.codes), scales, mean, weight.shape, block_size)

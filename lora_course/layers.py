@@ -128,7 +128,8 @@ def _check_args(base: nn.Module, r: int, alpha: float, dropout: float) -> None:
     if isinstance(base, LoRALinear):
         raise TypeError("this layer already has LoRA: wrap the original nn.Linear instead.")
     if not isinstance(base, nn.Linear | NF4Linear):
-        raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}.")
+        kind = type(base).__name__
+        raise TypeError(f"LoRALinear wraps an nn.Linear (or an NF4Linear), got {kind}.")
     if isinstance(r, bool) or not isinstance(r, int):
         raise TypeError(f"rank r must be an int, got {type(r).__name__} {r!r}.")
     max_r = min(base.in_features, base.out_features)

@@ -184,7 +184,8 @@ class NF4Linear(nn.Module):
     """A frozen linear layer stored in NF4, dequantized on the fly in the input's dtype.
 
     The base of a QLoRA layer: `LoRALinear(NF4Linear.from_linear(linear))` trains only A and B.
-    The 4-bit weight holds no gradient and cannot be made trainable.
+    The 4-bit weight is not a parameter, so no optimizer reaches it; `requires_grad_(True)` on the
+    layer is refused (a model-wide `requires_grad_(True)` would still unfreeze its bias).
     """
 
     def __init__(self, weight: NF4Weight, bias: torch.Tensor | None = None):

@@ -141,7 +141,7 @@ def test_bad_arguments_get_clear_errors(kwargs, error, message):
 
 
 def test_only_linear_layers_can_be_wrapped():
-    with pytest.raises(TypeError, match="wraps an nn.Linear, got Conv1d"):
+    with pytest.raises(TypeError, match=r"wraps an nn.Linear \(or an NF4Linear\), got Conv1d"):
         LoRALinear(nn.Conv1d(4, 4, 1))
     with pytest.raises(TypeError, match="already has LoRA"):
         LoRALinear(LoRALinear(nn.Linear(4, 4), r=2))

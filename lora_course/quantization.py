@@ -7,9 +7,11 @@ into a byte, high nibble first; double quantization stores the per-block scales 
 blocks of 256, after subtracting their mean. Every format here is one table of levels in [-1, 1]:
 a weight is stored as the index of the level nearest to weight / (its block's absmax).
 
-Hand-written because the lesson teaches it; tests compare it with torchao's independent `to_nf4`
-(tests/test_quantization.py). bitsandbytes differs in one detail: it quantizes the scales with
-its own "dynamic" 8-bit map, where this module (like torchao) uses evenly spaced 8-bit integers.
+Hand-written because the lesson teaches it; tests compare it with two independent implementations
+(tests/test_quantization.py): single-quantized NF4 equals bitsandbytes' `quantize_4bit` bit for bit,
+and the codes equal torchao's `to_nf4`. Double quantization follows torchao's scheme (mean-centred
+scales in evenly spaced 8-bit integers); bitsandbytes quantizes the scales with its own "dynamic"
+8-bit map instead.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The 4-bit base by hand (lora_course.quantization): levels, round trips, packing, double
 quantization, agreement with torchao's independent NF4, and LoRA on a frozen NF4 layer."""
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -204,25 +205,33 @@ def test_to_nf4_takes_any_even_size_and_refuses_an_odd_one():
         to_nf4(torch.randn(3, 7))
 
 
-# --- an independent implementation: torchao ----------------------------------------------------
+# --- independent implementations: torchao and bitsandbytes ------------------------------------
 
 
-@pytest.fixture(scope="module")
-def torchao_nf4():
-    """torchao's to_nf4, from the folder tools/setup_env.sh installs it into (outside site-packages,
-    so that PEFT does not import it into every notebook)."""
-    folder = Path(sys.prefix) / "torchao"
-    if not folder.is_dir():
-        message = f"torchao is not installed in {folder}: run `make env`"
+def import_cross_check(module: str):
+    """Import `module` from the folder tools/setup_env.sh installs torchao and bitsandbytes into
+    (outside site-packages, so that PEFT does not import them into every notebook)."""
+    folder = Path(sys.prefix) / "cross_check"
+    if not (folder / module.partition(".")[0]).is_dir():
+        message = f"{module} is not installed in {folder}: run `make env`"
         if os.environ.get("CI"):  # CI must compare, never skip
             pytest.fail(message)
         pytest.skip(message)
     sys.path.insert(0, str(folder))
     try:
-        from torchao.quantization import to_nf4 as torchao_to_nf4
+        return importlib.import_module(module)
     finally:
         sys.path.remove(str(folder))
-    return torchao_to_nf4
+
+
+@pytest.fixture(scope="module")
+def torchao_nf4():
+    return import_cross_check("torchao.quantization").to_nf4
+
+
+@pytest.fixture(scope="module")
+def bitsandbytes_functional():
+    return import_cross_check("bitsandbytes.functional")
 
 
 def test_codes_and_bytes_match_torchao_bit_for_bit_on_its_table(torchao_nf4):
@@ -247,6 +256,21 @@ def test_dequantized_weights_agree_with_torchao(torchao_nf4):
     absmax = quantize_blockwise(w, nf4_levels(), 64).absmax
     step = (absmax - absmax.mean()).abs().max() / 127
     assert gap <= step + 5e-5 * absmax.max()
+
+
+@pytest.mark.parametrize("shape", [(256, 128), (192, 576), (3, 70)])  # the last: a short block
+def test_single_quantized_nf4_equals_bitsandbytes_bit_for_bit(bitsandbytes_functional, shape):
+    """bitsandbytes' CPU backend: the same bytes, scales and weights (its scales in fp32, as in
+    `quantize_blockwise`; double quantization differs by design, see lora_course.quantization)."""
+    w = weight(*shape)
+    packed, state = bitsandbytes_functional.quantize_4bit(
+        w, blocksize=64, quant_type="nf4", compress_statistics=False
+    )
+    ours = quantize_blockwise(w, nf4_levels(), 64)
+    assert torch.equal(state.code, nf4_levels())
+    assert torch.equal(packed.reshape(-1), pack_nibbles(ours.codes))
+    assert torch.equal(state.absmax, ours.absmax)
+    assert torch.equal(bitsandbytes_functional.dequantize_4bit(packed, state), ours.dequantize())
 
 
 # --- NF4Linear: the frozen 4-bit base, and LoRA on top -----------------------------------------

@@ -1,5 +1,6 @@
 """The 4-bit base by hand (lora_course.quantization): levels, round trips, packing, double
-quantization, agreement with torchao's independent NF4, and LoRA on a frozen NF4 layer."""
+quantization, agreement with bitsandbytes' and torchao's independent NF4, and LoRA (QLoRA) on
+frozen NF4 layers."""
 
 import importlib
 import os

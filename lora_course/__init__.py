@@ -3,6 +3,13 @@
 Each object's docstring names the notebook that introduces it.
 """
 
+import logging
+
+# bitsandbytes (which PEFT imports) logs a warning at import on CPUs with avx512_bf16: it cannot
+# download an optional fused 4-bit kernel from the hub. The course runs offline by design and
+# bitsandbytes falls back to its built-in CPU path: the warning says nothing a learner can act on.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
 from .adapters import (
     AdapterMismatchError,
     base_fingerprint,

@@ -107,6 +107,7 @@ class AnswerScores:
 
     loss: float  # mean cross-entropy per answer token (prompt tokens don't count)
     exact: list[bool]  # per row: greedy decoding would write its answer token for token
+    logits: torch.Tensor | None = None  # (N, vocab) at every answer token, if asked for
 
     @property
     def accuracy(self) -> float:
@@ -137,7 +138,9 @@ def _answer_logits(model, rows, pad_id: int, batch_size: int, precision):
         yield logits.float(), batch["shift_labels"], per_row
 
 
-def answer_scores(model, rows, pad_id: int, batch_size: int = 16, precision=None) -> AnswerScores:
+def answer_scores(
+    model, rows, pad_id: int, batch_size: int = 16, precision=None, keep_logits: bool = False
+) -> AnswerScores:
     """Loss and token-exact accuracy of tokenized `rows` in one teacher-forced pass (notebook 06).
 
     Each answer token is predicted from the gold tokens before it (teacher forcing). If every one
@@ -146,14 +149,18 @@ def answer_scores(model, rows, pad_id: int, batch_size: int = 16, precision=None
     `exact` is what generating and comparing token ids would give, in one forward pass per batch
     instead of one per new token (up to float rounding in near-ties). `precision` (a
     devices.Precision) runs the pass under its autocast; by default it runs in the model's dtype.
+    `keep_logits=True` keeps the logits of every answer token, to compare two models (notebook 08).
     """
-    total, tokens, exact = 0.0, 0, []
+    total, tokens, exact, kept = 0.0, 0, [], []
     for logits, targets, per_row in _answer_logits(model, rows, pad_id, batch_size, precision):
         total += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
         tokens += len(targets)
         hits = logits.argmax(dim=-1) == targets  # (N,): the top choice is the gold token
         exact += [bool(row_hits.all()) for row_hits in hits.split(per_row)]
-    return AnswerScores(loss=total / tokens, exact=exact)
+        if keep_logits:
+            kept.append(logits)
+    logits = torch.cat(kept) if keep_logits else None  # (answer tokens, vocab)
+    return AnswerScores(loss=total / tokens, exact=exact, logits=logits)
 
 
 # Requests that have nothing to do with either course task: what an adapter should leave alone.

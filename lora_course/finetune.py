@@ -140,6 +140,7 @@ class AnswerOnlyCollator:
 # or all-hard: 79.5% test accuracy against 94.5% in random order, same seed and bf16 both
 # (benchmarks/compare_fast_accuracy.py). Groups of 4 still keep padding under 10% on both tasks.
 GROUP_BATCHES = 4
+MAX_GRAD_NORM = 1.0  # the Trainer clips the gradient's total norm to this (notebook 05)
 
 
 def length_grouped_order(
@@ -221,7 +222,7 @@ def training_settings(
         "lr_scheduler_type": "constant",  # the schedule of the hand-written loop in training.py
         "weight_decay": 0.0,
         "optim": "adamw_torch",
-        "max_grad_norm": 1.0,
+        "max_grad_norm": MAX_GRAD_NORM,
         "logging_steps": 1,
         "save_strategy": "no",
         "report_to": "none",

@@ -72,11 +72,13 @@ def estimate_training_memory(
     seq: int,
     weight_bytes: float = 4,
     activation_value_bytes: int = 4,
+    quantized_bytes: float = QLORA_BYTES,
 ) -> MemoryEstimate:
     """Memory to train with `method` ('full', 'lora' or 'qlora'), by the stated assumptions.
 
     `base_params` counts the model without adapters; `lora_params` the adapters' A and B (unused
-    for 'full', which trains every base parameter).
+    for 'full', which trains every base parameter). `quantized_bytes` is what 'qlora' stores per
+    4-bit parameter: QLORA_BYTES, or about 0.516 with double quantization (notebook 08).
     """
     if method not in ("full", "lora", "qlora"):
         raise ValueError(f"method must be 'full', 'lora' or 'qlora', got {method!r}")
@@ -86,7 +88,7 @@ def estimate_training_memory(
         frozen_bytes, trained = base_params * weight_bytes, lora_params
     else:
         quantized = quantized_parameters(config)
-        frozen_bytes = quantized * QLORA_BYTES + (base_params - quantized) * weight_bytes
+        frozen_bytes = quantized * quantized_bytes + (base_params - quantized) * weight_bytes
         trained = lora_params
     return MemoryEstimate(
         weights=frozen_bytes + trained * 4,  # trained weights kept in fp32

@@ -104,8 +104,13 @@ def load_smollm2(
     allow_hub: bool = True,
     cache: str | os.PathLike | None = None,
     verbose: bool = True,
+    quantization_config=None,
 ):
-    """Return (model, tokenizer) for SmolLM2-135M-Instruct, in eval mode; says which source."""
+    """Return (model, tokenizer) for SmolLM2-135M-Instruct, in eval mode; says which source.
+
+    `quantization_config` (a transformers BitsAndBytesConfig) loads the linear layers in 4 or 8
+    bits with bitsandbytes, straight onto `device` (notebook 08).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     precision = choose_precision()
@@ -119,8 +124,12 @@ def load_smollm2(
     extra = {"local_files_only": source.local}
     with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
+        if quantization_config is not None:  # placed by bitsandbytes: a 4-bit model cannot .to()
+            extra.update(quantization_config=quantization_config, device_map={"": device})
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
-    model.to(device).eval()
+    if quantization_config is None:
+        model.to(device)
+    model.eval()
     if verbose:
         seconds = time.perf_counter() - start
         print(f"SmolLM2-135M-Instruct from {source} -> {device}, {dtype} ({seconds:.1f} s)")

@@ -1,6 +1,6 @@
 """A 4-bit base, by hand: blockwise absmax quantization, NF4's levels, packing, double quantization.
 
-The package code of lesson 08 (QLoRA; its notebook is still to be written). Names follow the QLoRA
+The package code of lesson 08 (QLoRA, introduced in notebook 08). Names follow the QLoRA
 paper (Dettmers et al., 2023) and bitsandbytes: a block of 64 weights shares one absmax scale;
 NF4's 16 levels are quantiles of a standard normal with an exact zero; two 4-bit codes are packed
 into a byte, high nibble first; double quantization stores the per-block scales in 8 bits, in
@@ -36,10 +36,10 @@ BITSANDBYTES_NF4 = (
 
 
 def nf4_levels() -> torch.Tensor:
-    """NF4's 16 levels (16,): normal quantiles, 8 above zero, 7 below and an exact 0, in [-1, 1].
+    """NF4's 16 levels (16,): normal quantiles, 8 above 0, 7 below, an exact 0 (notebook 08).
 
-    The outermost quantile sits at probability 1 - (1/30 + 1/32) / 2 (the QLoRA paper's offset,
-    halfway between the choices for 15 and 16 levels), so the end levels are finite. The two
+    The outermost quantile sits at probability 0.9677083, bitsandbytes' default offset in
+    `create_normal_map` (equal to 1 - (1/30 + 1/32) / 2), so the end levels are finite. The two
     halves get 8 and 7 evenly spaced probabilities: asymmetric, so that 0 is a level exactly.
     Computed as bitsandbytes does (probabilities in fp32, quantiles in fp64, scaled in fp32), it
     gives its table bit for bit.
@@ -52,7 +52,7 @@ def nf4_levels() -> torch.Tensor:
 
 
 def int_levels(bits: int) -> torch.Tensor:
-    """Symmetric absmax integer levels k / (2**(bits-1) - 1), k = -(2**(bits-1) - 1) ... same, +."""
+    """Symmetric absmax integer levels k / top, |k| <= top = 2**(bits-1) - 1 (notebook 08)."""
     if not 2 <= bits <= 8:
         raise ValueError(f"bits must be 2 to 8, got {bits}")
     top = 2 ** (bits - 1) - 1  # int8: 127; int4: 7 (the code -8 stays unused, as usual)
@@ -60,7 +60,7 @@ def int_levels(bits: int) -> torch.Tensor:
 
 
 def fp4_levels() -> torch.Tensor:
-    """FP4 E2M1's 15 distinct values (OCP's MX format: ±{0, 0.5, 1, 1.5, 2, 3, 4, 6}) / 6."""
+    """FP4 E2M1's 15 distinct values, ±{0, 0.5, 1, 1.5, 2, 3, 4, 6} / 6 (OCP MX; notebook 08)."""
     magnitudes = torch.tensor([0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])  # and 0
     return torch.cat([-magnitudes.flip(0), torch.zeros(1), magnitudes]) / 6  # (15,)
 
@@ -92,6 +92,8 @@ def quantize_blockwise(
 ) -> Blockwise:
     """Each block of `block_size` values (row-major) to the levels nearest value / block absmax.
 
+    Introduced in notebook 08.
+
     A last block shorter than `block_size` gets its own absmax, as in bitsandbytes.
     """
     if not torch.isfinite(tensor).all():
@@ -106,19 +108,27 @@ def quantize_blockwise(
     return Blockwise(codes, absmax, levels.float(), tensor.shape, block_size)
 
 
+def relative_error(
+    tensor: torch.Tensor, levels: torch.Tensor, block_size: int = BLOCK_SIZE
+) -> float:
+    """||round trip - tensor|| / ||tensor||, quantized to `levels` blockwise (notebook 08)."""
+    round_trip = quantize_blockwise(tensor, levels, block_size).dequantize()
+    return float((round_trip - tensor.float()).norm() / tensor.float().norm())
+
+
 def per_value(scales: torch.Tensor, block_size: int, numel: int) -> torch.Tensor:
     """Each block's scale repeated for every value of the block: (n_blocks,) -> (numel,)."""
     return scales.repeat_interleave(block_size)[:numel]
 
 
 def nearest_level(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """Index (uint8) of the level nearest to each value; a value halfway goes to the lower level."""
+    """Index (uint8) of the level nearest to each value; halfway goes to the lower (notebook 08)."""
     midpoints = (levels[1:] + levels[:-1]) / 2  # (n_levels - 1,): the decision boundaries
     return torch.bucketize(values, midpoints).to(torch.uint8)  # midpoint[i-1] < v <= midpoint[i]
 
 
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
-    """Two 4-bit codes per byte, (N,) -> (N/2,), the first in the high nibble (as bitsandbytes)."""
+    """Two 4-bit codes a byte, (N,) -> (N/2,), the first in the high nibble (notebook 08)."""
     if codes.dtype != torch.uint8 or codes.numel() % 2 or bool((codes > 15).any()):
         raise ValueError("pack_nibbles takes an even number of uint8 codes from 0 to 15")
     pairs = codes.reshape(-1, 2)  # (N/2, 2)
@@ -173,7 +183,7 @@ class NF4Weight:
 def to_nf4(
     weight: torch.Tensor, block_size: int = BLOCK_SIZE, scale_block_size: int = SCALE_BLOCK_SIZE
 ) -> NF4Weight:
-    """Quantize `weight` to NF4 with double-quantized scales (QLoRA's storage)."""
+    """Quantize `weight` to NF4 with double-quantized scales: QLoRA's storage (notebook 08)."""
     if weight.numel() % 2:
         raise ValueError(f"NF4 packs two codes a byte: {weight.numel()} values is an odd count")
     codes = quantize_blockwise(weight, nf4_levels(), block_size)
@@ -182,8 +192,32 @@ def to_nf4(
     return NF4Weight(pack_nibbles(codes.codes), scales, mean, weight.shape, block_size)
 
 
+class _NF4Matmul(torch.autograd.Function):
+    """x W^T, with W rebuilt from its 4-bit codes in the forward and again in the backward.
+
+    Plain F.linear would keep the dequantized W for the backward pass, so every layer's full-size
+    weight would stay in memory until then: the 4 bits would save nothing while training. This
+    keeps only the codes, as bitsandbytes' MatMul4Bit does.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, nf4: NF4Weight) -> torch.Tensor:
+        ctx.nf4, ctx.x_dtype = nf4, x.dtype
+        return F.linear(x, nf4.dequantize(x.dtype))  # (..., out); autocast may run it in bf16
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        weight = ctx.nf4.dequantize(grad_out.dtype)  # (out, in): built again, never saved
+        return (grad_out @ weight).to(ctx.x_dtype), None  # (..., in)
+
+
 class NF4Linear(nn.Module):
     """A frozen linear layer stored in NF4, dequantized on the fly in the input's dtype.
+
+    Only the 4-bit storage persists: the forward pass rebuilds W, and so does the backward pass
+    (for the gradient that flows on to earlier layers), so no full-size copy is kept in between.
 
     The base of a QLoRA layer: `LoRALinear(NF4Linear.from_linear(linear))` trains only A and B.
     The 4-bit weight is not a parameter, so no optimizer reaches it; `requires_grad_(True)` on the
@@ -214,9 +248,8 @@ class NF4Linear(nn.Module):
         return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.nf4.dequantize(x.dtype)  # (out, in): rebuilt at every call, never stored
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, weight, bias)  # (..., out)
+        out = _NF4Matmul.apply(x, self.nf4)  # (..., out): W dequantized in x's dtype, not kept
+        return out if self.bias is None else out + self.bias.to(out.dtype)
 
     def requires_grad_(self, requires_grad: bool = True) -> NF4Linear:
         if requires_grad:

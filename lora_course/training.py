@@ -121,6 +121,8 @@ def run_lora(
     desc: str | None = None,
     precision: Precision | None = None,
     progress: bool = True,
+    keep_model: bool = False,
+    max_grad_norm: float | None = None,
 ) -> dict:
     """One LoRA experiment on a fresh copy of `base_model`: inject, train, evaluate (notebook 04).
 
@@ -128,6 +130,10 @@ def run_lora(
     starts from the same A (B is zero), so runs differ only in the settings being compared.
     `precision` (default: choose_precision()) sets the copy's weight dtype and the autocast.
     `progress=False` hides the step bar, for a sweep that shows one bar over its runs instead.
+    `base_model` may hold 4-bit layers (quantize_linears): QLoRA (notebook 08). The result has the
+    held-out loss and exact share of `eval_rows` (evaluation.answer_scores), and with
+    `keep_model=True` the trained model too. `max_grad_norm` clips as train() does (default: no
+    clipping; finetune.MAX_GRAD_NORM is the Trainer's).
     """
     import copy
     import time
@@ -141,12 +147,13 @@ def run_lora(
     start = time.perf_counter()
     losses = train(
         model, train_rows, steps=steps, lr=lr, pad_id=pad_id, batch_size=batch_size, seed=seed,
-        precision=precision, progress=progress,
+        precision=precision, progress=progress, max_grad_norm=max_grad_norm,
         desc=desc or f"r={r} alpha={alpha:g} lr={lr:g}{' rsLoRA' if use_rslora else ''}",
     )  # fmt: skip
     seconds = time.perf_counter() - start
-    return {
-        "losses": losses,
-        "eval_loss": evaluate_loss(model, eval_rows, pad_id),
-        "seconds_per_step": seconds / steps,
-    }
+    from .evaluation import answer_scores
+
+    scores = answer_scores(model, eval_rows, pad_id)
+    result = {"losses": losses, "eval_loss": scores.loss, "exact": scores.accuracy}
+    result["seconds_per_step"] = seconds / steps
+    return {**result, "model": model} if keep_model else result

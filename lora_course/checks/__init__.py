@@ -1,6 +1,6 @@
-"""Checks for the exercises (exercises 01-07), declared once per lesson, for learners and grader.
+"""Checks for the exercises (exercises 01-08), declared once per lesson, for learners and grader.
 
-`lesson01` ... `lesson07` each declare their exercises (exercise.py): the name the learner
+`lesson01` ... `lesson08` each declare their exercises (exercise.py): the name the learner
 defines, how to observe it on a case, how to judge the observations, the visible case and how to
 draw an instructor-only variant. A learner's check cell calls `checks.check_energy_captured(...)`,
 which observes and judges on the visible case, here. The classroom grader (lora_course.grading)
@@ -8,7 +8,7 @@ reads `EXERCISES`: it observes in the student's sandbox and judges in its own pr
 lesson adds its module here and nothing else: the grader needs no change.
 """
 
-from . import lesson01, lesson02, lesson03, lesson04, lesson05, lesson06, lesson07
+from . import lesson01, lesson02, lesson03, lesson04, lesson05, lesson06, lesson07, lesson08
 from .exercise import Exercise
 from .lesson01 import check_energy_captured, check_low_rank_approximation, check_rank_for_energy
 from .lesson02 import (
@@ -27,10 +27,16 @@ from .lesson04 import check_alpha_predictions, check_rslora_ratio, check_scaling
 from .lesson05 import check_answer_only_labels, check_exact_match, check_pick_precision
 from .lesson06 import check_mlp_share, check_plan_adapter, check_rank_for_budget
 from .lesson07 import check_adapter_shapes_fit, check_changed_parameters, check_merged_weight
+from .lesson08 import (
+    check_bits_per_parameter,
+    check_nf4_levels,
+    check_qlora_forward,
+    check_quantize_4bit,
+)
 
 EXERCISES: dict[str, tuple[Exercise, ...]] = {
     module.__name__[-2:]: module.EXERCISES
-    for module in (lesson01, lesson02, lesson03, lesson04, lesson05, lesson06, lesson07)
+    for module in (lesson01, lesson02, lesson03, lesson04, lesson05, lesson06, lesson07, lesson08)
 }
 
 __all__ = [
@@ -39,6 +45,7 @@ __all__ = [
     "check_adapter_shapes_fit",
     "check_alpha_predictions",
     "check_answer_only_labels",
+    "check_bits_per_parameter",
     "check_changed_parameters",
     "check_delta_weight",
     "check_energy_captured",
@@ -51,8 +58,11 @@ __all__ = [
     "check_merge",
     "check_merged_weight",
     "check_mlp_share",
+    "check_nf4_levels",
     "check_pick_precision",
     "check_plan_adapter",
+    "check_qlora_forward",
+    "check_quantize_4bit",
     "check_rank_for_budget",
     "check_rank_for_energy",
     "check_rslora_ratio",

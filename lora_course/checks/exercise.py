@@ -118,3 +118,14 @@ def matches_all(got: list, want: list, tol: float = 0.0) -> bool:
         g is not None and abs(g - w) <= tol * max(abs(w), 1e-300)
         for g, w in zip(got, want, strict=True)
     )
+
+
+def judge_numbers(calls: list[str], got: list, want: list, mistakes, tol: float = 0.0) -> None:
+    """Pass if every number matches; else name a known mistake the numbers fit, else the first
+    wrong call. `mistakes`: (the numbers that mistake gives, its message) pairs."""
+    if matches_all(got, want, tol):
+        return
+    for wrong, message in mistakes:
+        require(not matches_all(got, wrong, tol), message)
+    for call, g, w in zip(calls, got, want, strict=True):
+        require(matches_all([g], [w], tol), f"{call} should be {w:.6g}, got {g:.6g}")

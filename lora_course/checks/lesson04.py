@@ -15,7 +15,7 @@ from .exercise import (
     attempt,
     describe,
     judge_number,
-    matches_all,
+    judge_numbers,
     observe_number,
     raised,
     require,
@@ -92,19 +92,12 @@ def judge_scaling(observations, case) -> None:
         (False, "plain", lambda a, r: a / r, PLAIN_MISTAKES),
         (True, "rslora", lambda a, r: a / math.sqrt(r), RSLORA_MISTAKES),
     ):
-        for k, (a, r) in enumerate(pairs):
-            judge_number(observations, f"{key}{k}", f"scaling({a}, {r}, use_rslora={flag})")
-        got, want = observations[key], [want_of(a, r) for a, r in pairs]
-        if matches_all(got, want, TOLERANCE):
-            continue
-        for mistake, message in mistakes:
-            require(not matches_all(got, [mistake(a, r) for a, r in pairs], TOLERANCE), message)
-        (a, r), g, w = next(
-            (p, g, w)
-            for p, g, w in zip(pairs, got, want, strict=True)
-            if not matches_all([g], [w], TOLERANCE)
-        )
-        raise AssertionError(f"scaling({a}, {r}, use_rslora={flag}) should be {w:.6g}, got {g:.6g}")
+        calls = [f"scaling({a}, {r}, use_rslora={flag})" for a, r in pairs]
+        for k, call in enumerate(calls):
+            judge_number(observations, f"{key}{k}", call)
+        wrong = [([mistake(a, r) for a, r in pairs], message) for mistake, message in mistakes]
+        want = [want_of(a, r) for a, r in pairs]
+        judge_numbers(calls, observations[key], want, wrong, TOLERANCE)
 
 
 def _scaling_variant(rng: random.Random):
@@ -301,17 +294,9 @@ def judge_rslora_ratio(observations, case) -> None:
     ranks = case["ranks"]
     for r in ranks:
         judge_number(observations, f"r{r}", f"rslora_ratio({r})")
-    got, want = observations["ratios"], [math.sqrt(r) for r in ranks]
-    if matches_all(got, want, TOLERANCE):
-        return
-    for mistake, message in RATIO_MISTAKES:
-        require(not matches_all(got, [mistake(r) for r in ranks], TOLERANCE), message)
-    r, g, w = next(
-        (r, g, w)
-        for r, g, w in zip(ranks, got, want, strict=True)
-        if not matches_all([g], [w], TOLERANCE)
-    )
-    raise AssertionError(f"rslora_ratio({r}) should be {w:.6g}, got {g:.6g}")
+    wrong = [([mistake(r) for r in ranks], message) for mistake, message in RATIO_MISTAKES]
+    calls = [f"rslora_ratio({r})" for r in ranks]
+    judge_numbers(calls, observations["ratios"], [math.sqrt(r) for r in ranks], wrong, TOLERANCE)
 
 
 def _ratio_variant(rng: random.Random):

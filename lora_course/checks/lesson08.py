@@ -32,7 +32,7 @@ from .exercise import (
     attempt,
     describe,
     judge_number,
-    matches_all,
+    judge_numbers,
     observe_number,
     raised,
     require,
@@ -576,19 +576,9 @@ def judge_bits_per_parameter(observations, case) -> None:
                  for b, s in pairs]  # fmt: skip
         for k, call in enumerate(calls):
             judge_number(observations, f"{key}{k}", call)
-        got, want = observations[key], [want_of(b, s) for b, s in pairs]
-        if matches_all(got, want, BITS_TOLERANCE):
-            continue
-        for mistake, message in mistakes:
-            require(
-                not matches_all(got, [mistake(b, s) for b, s in pairs], BITS_TOLERANCE), message
-            )
-        call, g, w = next(
-            (c, g, w)
-            for c, g, w in zip(calls, got, want, strict=True)
-            if not matches_all([g], [w], BITS_TOLERANCE)
-        )
-        raise AssertionError(f"{call} should be {w:.6g}, got {g:.6g}")
+        wrong = [([mistake(b, s) for b, s in pairs], message) for mistake, message in mistakes]
+        want = [want_of(b, s) for b, s in pairs]
+        judge_numbers(calls, observations[key], want, wrong, BITS_TOLERANCE)
 
 
 def _bits_variant(rng: random.Random):

@@ -47,6 +47,11 @@ WORKLOADS = {
         "cpu": Workload(steps=60, batch_size=4, eval_examples=200),  # teacher-forced: one pass
         "fast": Workload(steps=3, batch_size=2, eval_examples=8),
     },
+    "variants": {  # notebook 09's runs, variants x learning rates x seeds: shorter still
+        "cuda": Workload(steps=150, batch_size=16, eval_examples=200),
+        "cpu": Workload(steps=40, batch_size=4, eval_examples=200),
+        "fast": Workload(steps=3, batch_size=2, eval_examples=8),
+    },
 }
 
 
@@ -248,11 +253,13 @@ def make_trainer(
     eval_rows=None,
     eval_every: int | None = None,
     progress: bool = True,
+    optimizer=None,
 ):
     """A transformers Trainer for a PEFT model on tokenized rows (columns input_ids, labels).
 
     With `eval_rows` and `eval_every`, it also logs their loss ("eval_loss") every so many steps.
     `progress=False`: no step bar (a sweep shows one bar over its runs instead).
+    `optimizer`: one built outside (LoRA+'s, from variants.Variant) instead of the Trainer's AdamW.
     """
     from transformers import Trainer, TrainingArguments
 
@@ -266,6 +273,7 @@ def make_trainer(
         train_dataset=grouped_by_length(train_rows, config),  # little padding, random batch order
         eval_dataset=eval_rows,
         data_collator=AnswerOnlyCollator(tokenizer.pad_token_id),
+        optimizers=(optimizer, None),  # None: the Trainer builds AdamW and the constant schedule
     )
     _bar_without_log_lines(trainer, progress)  # the losses stay in trainer.state.log_history
     _train_with_training_attention(trainer, precision)  # eager attention on a CPU
@@ -330,13 +338,55 @@ def loss_history(trainer) -> list[float]:
     return logged(trainer, "loss")[1]
 
 
-def fine_tune(
-    model, tokenizer, config: FinetuneConfig, precision: Precision | None = None, progress=True
-):
-    """get_peft_model + Trainer on the task's training split; returns (peft_model, losses, s/step).
+@dataclass
+class TrainingRun:
+    """What one fine-tune gives back: the model, its losses, its speed and its peak memory."""
 
-    `model` is wrapped in place (PEFT injects into it): pass a copy to keep the base clean.
-    `progress=False` hides the step bar (make_trainer).
+    model: object  # the trained PeftModel, in eval mode
+    losses: list[float]  # training loss of every step
+    seconds_per_step: float  # mean time of a training step, evaluations excluded
+    eval_steps: list[int]  # steps at which the held-out loss was computed (none without eval_rows)
+    eval_losses: list[float]  # the held-out loss at those steps
+    peak_gpu_bytes: int | None  # torch.cuda.max_memory_allocated while training; None on a CPU
+
+
+def _add_step_timer(trainer):
+    """A callback on `trainer` that sums the time spent inside training steps: `.seconds`, `.steps`.
+
+    The Trainer evaluates after a step has ended, so evaluations are not counted.
+    """
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        seconds, steps, _start = 0.0, 0, 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seconds += time.perf_counter() - self._start
+            self.steps += 1
+
+    timer = StepTimer()
+    trainer.add_callback(timer)
+    return timer
+
+
+def fine_tune_run(
+    model,
+    tokenizer,
+    config: FinetuneConfig,
+    precision: Precision | None = None,
+    variant=None,
+    eval_rows=None,
+    eval_every: int | None = None,
+    progress: bool = True,
+) -> TrainingRun:
+    """get_peft_model + Trainer on the task's training split, as a `TrainingRun` (notebook 09).
+
+    `variant` (a variants.Variant) switches PEFT's LoRA to DoRA, rsLoRA, PiSSA or LoRA+; `eval_rows`
+    and `eval_every` log a held-out loss during training (make_trainer). `model` is wrapped in
+    place (PEFT injects into it): pass a copy to keep the base clean. `fine_tune` gives part of it.
     """
     import tempfile
 
@@ -346,20 +396,45 @@ def fine_tune(
 
     precision = precision or choose_precision()
     torch.manual_seed(config.seed)  # the same A initialization for the same recipe
-    peft_model = get_peft_model(model, config.lora_config())
+    lora_config = variant.lora_config(config) if variant else config.lora_config()
+    peft_model = get_peft_model(model, lora_config)
+    optimizer = variant.optimizer(peft_model, config.lr) if variant else None
     train_rows = tokenized_task(config.task, tokenizer)["train"]  # tokenized once per tokenizer
+    on_gpu = precision.device == "cuda"
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = make_trainer(
-            peft_model, tokenizer, train_rows, config, precision, output_dir, progress=progress
-        )
-        start = time.perf_counter()
+            peft_model, tokenizer, train_rows, config, precision, output_dir,
+            eval_rows=eval_rows, eval_every=eval_every, progress=progress, optimizer=optimizer,
+        )  # fmt: skip
+        timer = _add_step_timer(trainer)
         try:
             trainer.train()
         except torch.OutOfMemoryError as error:
             raise torch.OutOfMemoryError(out_of_memory_advice(config)) from error
-        seconds_per_step = (time.perf_counter() - start) / config.steps
     peft_model.eval()
-    return peft_model, loss_history(trainer), seconds_per_step
+    eval_steps, eval_losses = logged(trainer, "eval_loss")
+    return TrainingRun(
+        model=peft_model,
+        losses=loss_history(trainer),
+        seconds_per_step=timer.seconds / timer.steps,
+        eval_steps=eval_steps,
+        eval_losses=eval_losses,
+        peak_gpu_bytes=torch.cuda.max_memory_allocated() if on_gpu else None,
+    )
+
+
+def fine_tune(
+    model, tokenizer, config: FinetuneConfig, precision: Precision | None = None, progress=True
+):
+    """get_peft_model + Trainer on the task's training split; returns (peft_model, losses, s/step).
+
+    `model` is wrapped in place (PEFT injects into it): pass a copy to keep the base clean.
+    `progress=False` hides the step bar (make_trainer). `fine_tune_run` gives more.
+    """
+    run = fine_tune_run(model, tokenizer, config, precision, progress=progress)
+    return run.model, run.losses, run.seconds_per_step
 
 
 def adapter_folder(model, config: FinetuneConfig, cache: str | Path | None = None) -> Path:

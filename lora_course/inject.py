@@ -40,15 +40,17 @@ def inject_lora(
     alpha: float = 16,
     dropout: float = 0.0,
     use_rslora: bool = False,
+    layer: type[LoRALinear] = LoRALinear,
 ) -> InjectionReport:
     """Freeze `model` and wrap every nn.Linear named in `target_modules` in a LoRALinear.
 
     A layer that `quantize_linears` made 4-bit (an NF4Linear) is wrapped the same way: QLoRA.
+    `layer` may be a subclass of LoRALinear with the same arguments (variants.DoRALinear).
     """
     found = _find_targets(model, target_modules, (nn.Linear, NF4Linear))
     model.requires_grad_(False)  # everything frozen; the new lora_A / lora_B are trainable
     for name, module in found:
-        _replace(model, name, LoRALinear(module, r, alpha, dropout, use_rslora))
+        _replace(model, name, layer(module, r, alpha, dropout, use_rslora))
     settings = {"r": r, "alpha": alpha, "dropout": dropout, "use_rslora": use_rslora}
     per_target = {t: sum(matches(n, t) for n, _ in found) for t in _as_target_list(target_modules)}
     replaced = sorted(name for name, _ in found)

@@ -159,16 +159,20 @@ def _probe(method: str, batch: int, seq: int, steps: int, r: int, targets: list[
     from .counting import count_parameters
     from .devices import choose_precision
     from .inject import inject_lora
+    from .layers import LoRALinear
     from .models import load_smollm2
     from .training import train
 
     on_gpu = torch.cuda.is_available()
     baseline = 0 if on_gpu else _rss_bytes("VmRSS")  # the interpreter and its imports
     model, tokenizer = load_smollm2(verbose=False)
-    if method == "lora":
-        inject_lora(model, targets, r=r, alpha=2 * r)
+    if method in ("lora", "dora"):
+        from .variants import DoRALinear
+
+        layer = DoRALinear if method == "dora" else LoRALinear
+        inject_lora(model, targets, r=r, alpha=2 * r, layer=layer)
     elif method != "full":
-        raise ValueError(f"can measure 'full' or 'lora' here, not {method!r}")
+        raise ValueError(f"can measure 'full', 'lora' or 'dora' here, not {method!r}")
     # the peak of training, not of loading (which may hold a second copy of the weights briefly)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
@@ -184,7 +188,7 @@ def _probe(method: str, batch: int, seq: int, steps: int, r: int, targets: list[
     train(model, rows, steps=steps, lr=1e-5, pad_id=0, batch_size=batch, precision=precision,
           progress=False)  # fmt: skip
     counts = count_parameters(model)
-    lora = counts.trainable if method == "lora" else 0
+    lora = counts.trainable if method != "full" else 0
     return {
         "method": method,
         "device": "cuda" if on_gpu else "cpu",

@@ -1,5 +1,8 @@
-"""LoRA variants built on the course's `LoRALinear`: DoRA so far (lesson 09; its notebook is still
-to be written).
+"""LoRA variants (notebook 09): DoRA, PiSSA and LoRA+ from scratch, and each as PEFT runs it.
+
+`DoRALinear`, `pissa_init` and `loraplus_param_groups` are the course's hand-written versions,
+which tests compare with PEFT's; `Variant` and `VARIANTS` are the switches that make PEFT's LoRA
+into each variant, for the notebook's comparison (finetune.fine_tune_run).
 
 DoRA (Liu et al., 2024) splits each output row of the adapted weight into a direction and a
 learned length: W' = m * (W0 + s B A) / ||W0 + s B A||, the norm taken over each row of the
@@ -8,6 +11,8 @@ layer (`peft/tuners/lora/dora.py`) so the two can be read side by side and compa
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +25,8 @@ class DoRALinear(LoRALinear):
     """LoRA plus a trainable magnitude per output row: y = m / ||W0 + s B A|| * (W0 + s B A) x + b.
 
     The row norms are treated as a constant during backpropagation (detached), as the DoRA paper
-    suggests (section 4.3) and PEFT does: gradients reach m, A and B but not the norm.
+    suggests (section 4.3) and PEFT does: gradients reach m, A and B but not the norm. No
+    dropout: with dropout, PEFT's layer differs (it also applies W0 to the dropped-out input).
     """
 
     def __init__(
@@ -33,6 +39,10 @@ class DoRALinear(LoRALinear):
     ):
         if not isinstance(base, nn.Linear):
             raise TypeError(f"DoRALinear wraps an nn.Linear, got {type(base).__name__}.")
+        if dropout:  # PEFT's DoRA also feeds the dropped-out x through W0: a different layer
+            raise ValueError(
+                f"DoRALinear has no dropout (the course trains without), got {dropout}"
+            )
         super().__init__(base, r=r, alpha=alpha, dropout=dropout, use_rslora=use_rslora)
         # B = 0 at the start, so m = ||W0|| per row and the layer starts as the base layer
         self.magnitude = nn.Parameter(self.weight_norm().detach())  # (out,)
@@ -136,3 +146,45 @@ def loraplus_param_groups(model: nn.Module, lr: float, ratio: float) -> list[dic
         for kind, params in groups.items()
         if params
     ]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A LoRA variant as PEFT runs it: LoraConfig's switches, and LoRA+'s ratio (`VARIANTS`)."""
+
+    use_dora: bool = False  # DoRA: a trainable magnitude per output row
+    use_rslora: bool = False  # rsLoRA: scaling alpha / sqrt(r) instead of alpha / r
+    init_lora_weights: bool | str = True  # True: A random, B = 0; "pissa": W's top singular vectors
+    loraplus_ratio: float | None = None  # LoRA+: B's learning rate over A's; None: one rate
+
+    def lora_config(self, config):
+        """`config`'s LoraConfig (a finetune.FinetuneConfig) with this variant's switches."""
+        import dataclasses
+
+        return dataclasses.replace(
+            config.lora_config(),
+            use_dora=self.use_dora,
+            use_rslora=self.use_rslora,
+            init_lora_weights=self.init_lora_weights,
+        )
+
+    def optimizer(self, model, lr: float):
+        """LoRA+'s AdamW from PEFT's `create_loraplus_optimizer`; None: the Trainer's own AdamW."""
+        if self.loraplus_ratio is None:
+            return None
+        from peft.optimizers import create_loraplus_optimizer
+
+        # weight decay 0 in every group, as the Trainer's recipe (finetune.training_settings)
+        return create_loraplus_optimizer(
+            model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=self.loraplus_ratio
+        )
+
+
+#: The variants notebook 09 compares, each a switch away from PEFT's plain LoRA.
+VARIANTS = {
+    "LoRA": Variant(),
+    "rsLoRA": Variant(use_rslora=True),
+    "LoRA+": Variant(loraplus_ratio=16),  # the LoRA+ paper's suggested ratio
+    "DoRA": Variant(use_dora=True),
+    "PiSSA": Variant(init_lora_weights="pissa"),  # a full SVD of each adapted weight
+}

@@ -125,3 +125,20 @@ class Weird(Unprintable):
 
     def __getitem__(self, key):
         raise RuntimeError("no item")
+
+
+UNWRITTEN = raising(NotImplementedError("write your code here"))  # a stub
+
+# What a learner may hand a check instead of a working answer (lessons 08 and 09)
+ODD_OBJECTS = {
+    "not written": UNWRITTEN,
+    "raises": raising(ValueError("boom")),
+    "returns None": lambda *a, **k: None,
+    "returns a string": lambda *a, **k: "4.5",
+    "returns a list": lambda *a, **k: [1, 2, 3],
+    "returns a tensor": lambda *a, **k: torch.ones(3),
+    "returns a weird object": lambda *a, **k: Weird(),
+    "returns an unprintable object": lambda *a, **k: Unprintable(),
+    "returns NaN": lambda *a, **k: float("nan"),
+    "not callable": 42,
+}

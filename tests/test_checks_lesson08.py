@@ -11,13 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from exercise_harness import (
-    Unprintable,
-    Weird,
+    ODD_OBJECTS,
+    UNWRITTEN,
     cases_vary,
     fails,
     judged_odd,
     passes,
-    raising,
     through_json,
 )
 
@@ -38,7 +37,6 @@ from lora_course.quantization import (
 
 # a learner's levels[codes] with uint8 codes: torch warns before it raises (the check names it)
 pytestmark = pytest.mark.filterwarnings("ignore:indexing with dtype torch.uint8:UserWarning")
-UNWRITTEN = raising(NotImplementedError("write your code here"))  # a stub
 SEEDS = range(20)  # variants a right answer must pass
 WRONG_SEEDS = (1, 2, 3)  # variants each wrong answer must fail
 OFFSET = 1 - (1 / 30 + 1 / 32) / 2
@@ -46,20 +44,6 @@ OFFSET = 1 - (1 / 30 + 1 / 32) / 2
 
 class Pattern(str):
     """A message given as a regular expression (any other message is matched literally)."""
-
-
-ODD_OBJECTS = {
-    "not written": UNWRITTEN,
-    "raises": raising(ValueError("boom")),
-    "returns None": lambda *a, **k: None,
-    "returns a string": lambda *a, **k: "4.5",
-    "returns a list": lambda *a, **k: [1, 2, 3],
-    "returns a tensor": lambda *a, **k: torch.ones(3),
-    "returns a weird object": lambda *a, **k: Weird(),
-    "returns an unprintable object": lambda *a, **k: Unprintable(),
-    "returns NaN": lambda *a, **k: float("nan"),
-    "not callable": 42,
-}
 
 
 @pytest.mark.parametrize("exercise", lesson08.EXERCISES, ids=lambda e: e.id)

@@ -311,3 +311,46 @@ def test_warm_caches_trains_what_notebook_07_then_loads(monkeypatch):
     notebook = (ROOT / "notebooks" / "07_save_load_swap_merge.ipynb").read_text()
     calls = ("load_smollm2(dtype=torch.float32)", "FinetuneConfig.for_runtime(task, precision)")
     assert all(call in notebook for call in calls), calls
+
+
+@pytest.mark.slow  # real Trainer runs
+@pytest.mark.parametrize("name", ["LoRA", "rsLoRA", "LoRA+", "DoRA", "PiSSA"])
+def test_each_variant_trains_through_the_recipe(name, tiny_with_tokenizer, smollm2_tokenizer):
+    """fine_tune_run with a variant: PEFT gets the variant's switches, the loss falls, the held-out
+    loss is logged, and only LoRA+ replaces the Trainer's optimizer (B at ratio x A's rate)."""
+    from lora_course.data import tokenized_task
+    from lora_course.finetune import fine_tune_run
+    from lora_course.variants import VARIANTS
+
+    config = FinetuneConfig(steps=8, batch_size=2, lr=2e-2, targets=("q_proj", "v_proj"), r=4)
+    rows = tokenized_task("tickets", smollm2_tokenizer)["validation"].select(range(4))
+    run = fine_tune_run(tiny_with_tokenizer, smollm2_tokenizer, config, CPU, VARIANTS[name],
+                        eval_rows=rows, eval_every=4, progress=False)  # fmt: skip
+    settings = run.model.peft_config["default"]
+    variant = VARIANTS[name]
+    assert (settings.use_dora, settings.use_rslora) == (variant.use_dora, variant.use_rslora)
+    assert settings.init_lora_weights == variant.init_lora_weights
+    assert run.eval_steps == [4, 8] and run.eval_losses[-1] < run.eval_losses[0], run.eval_losses
+    assert len(run.losses) == 8 and run.seconds_per_step > 0 and run.peak_gpu_bytes is None
+    trainable = [n for n, p in run.model.named_parameters() if p.requires_grad]
+    assert any("magnitude" in n for n in trainable) == (name == "DoRA")
+
+
+def test_loraplus_hands_its_optimizer_to_the_trainer(tiny_with_tokenizer, smollm2_tokenizer,
+                                                     tmp_path):  # fmt: skip
+    from peft import get_peft_model
+
+    from lora_course.variants import VARIANTS
+
+    config = FinetuneConfig(steps=2, batch_size=2, lr=1e-3, targets=("q_proj",), r=4)
+    model = get_peft_model(tiny_with_tokenizer, VARIANTS["LoRA+"].lora_config(config))
+    optimizer = VARIANTS["LoRA+"].optimizer(model, config.lr)
+    assert VARIANTS["LoRA"].optimizer(model, config.lr) is None, "the Trainer's own AdamW"
+    rows = [{"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 4]}] * 4
+    trainer = make_trainer(model, smollm2_tokenizer, rows, config, CPU, tmp_path,
+                           progress=False, optimizer=optimizer)  # fmt: skip
+    assert trainer.optimizer is optimizer
+    rates = {p.shape: g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert sorted(rates.values()) == [1e-3, 16e-3] and all(
+        g["weight_decay"] == 0.0 for g in optimizer.param_groups
+    )

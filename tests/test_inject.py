@@ -68,3 +68,13 @@ def test_injecting_twice_is_refused(base):
 def test_malformed_target_lists_are_refused(base, targets):
     with pytest.raises((ValueError, TypeError), match="target_modules"):
         inject_lora(base, targets)
+
+
+def test_inject_lora_can_put_a_lora_subclass_in_place():
+    from lora_course import tiny_llama
+    from lora_course.variants import DoRALinear
+
+    model = tiny_llama(seed=0)
+    report = inject_lora(model, ["q_proj"], r=2, layer=DoRALinear)
+    layers = [m for m in model.modules() if isinstance(m, DoRALinear)]
+    assert len(layers) == len(report.replaced) == model.config.num_hidden_layers

@@ -104,3 +104,13 @@ def test_probe_measures_its_own_process_not_its_parent():
     assert ballast.sum() > 0
     weights = (result["base"] + result["lora"]) * 4
     assert weights < result["peak"] < 3 * weights, result
+
+
+@pytest.mark.slow  # two subprocesses that train
+def test_probe_measures_dora_with_its_magnitudes():
+    lora = measure_training_peak("lora", batch=1, seq=16, steps=1, r=4)
+    dora = measure_training_peak("dora", batch=1, seq=16, steps=1, r=4)
+    assert dora["lora"] - lora["lora"] == 30 * (576 + 192), "a magnitude per output row"
+    assert dora["base"] == lora["base"] and dora["peak"] > 0
+    with pytest.raises(RuntimeError, match="can measure 'full', 'lora' or 'dora'"):
+        measure_training_peak("vera", batch=1, seq=16, steps=1)

@@ -95,6 +95,8 @@ def test_refuses_what_it_cannot_wrap():
         DoRALinear(nn.Conv1d(3, 3, 1))
     with pytest.raises(ValueError, match="rank r"):
         DoRALinear(nn.Linear(4, 4), r=5)
+    with pytest.raises(ValueError, match="no dropout"):
+        DoRALinear(nn.Linear(4, 4), r=2, dropout=0.1)
 
 
 def test_pissa_reproduces_the_weight_at_step_zero_and_equals_pefts():
@@ -116,6 +118,27 @@ def test_pissa_reproduces_the_weight_at_step_zero_and_equals_pefts():
     torch.testing.assert_close(ours.base.weight, theirs.base_layer.weight)  # the residual
     singular = torch.linalg.svdvals(ours.base.weight)  # the residual keeps the rest of W's spectrum
     torch.testing.assert_close(singular[:3], torch.linalg.svdvals(base.weight)[3:6])
+
+
+def test_a_trained_pissa_layer_merges_and_unmerges_to_its_residual():
+    """PiSSA's layer is a LoRALinear on the residual: merge equals unmerged, unmerge restores."""
+    from lora_course import LoRALinear
+    from lora_course.variants import pissa_init
+
+    torch.manual_seed(0)
+    layer = pissa_init(LoRALinear(nn.Linear(10, 6), r=3, alpha=6))
+    residual = layer.base.weight.detach().clone()
+    with torch.no_grad():
+        layer.lora_B.add_(0.1 * torch.randn_like(layer.lora_B))  # as if trained
+    x = torch.randn(4, 10)  # (batch, in)
+    unmerged = layer(x)
+    layer.merge()
+    torch.testing.assert_close(layer(x), unmerged)
+    layer.unmerge()
+    torch.testing.assert_close(layer.base.weight, residual)
+    with pytest.raises(ValueError, match="unmerged"):
+        layer.merge()
+        pissa_init(layer)
 
 
 def test_loraplus_groups_give_each_parameter_pefts_learning_rate():
@@ -148,3 +171,36 @@ def test_loraplus_refuses_bad_input():
         loraplus_param_groups(tiny_llama(seed=0), lr=1e-3, ratio=4)
     with pytest.raises(ValueError, match="positive"):
         loraplus_param_groups(nn.Linear(2, 2), lr=1e-3, ratio=0)
+
+
+def test_rslora_at_one_rank_is_loraplus_with_ratio_sqrt_r_under_adam():
+    """At a fixed rank, alpha / sqrt(r) only speeds up B: Adam's steps ignore a gradient's scale,
+    so rsLoRA at lr trains exactly as LoRA with B at sqrt(r) x lr (LoRA+), not as LoRA at a larger
+    lr (notebook 09). Checked step by step, without clipping, on the same data."""
+    from lora_course import LoRALinear
+    from lora_course.variants import loraplus_param_groups
+
+    torch.manual_seed(0)
+    base, r, lr = nn.Linear(12, 8), 4, 1e-2
+    x, target = torch.randn(16, 12), torch.randn(16, 8)  # (batch, in), (batch, out)
+    rs = LoRALinear(copy.deepcopy(base), r=r, alpha=8, use_rslora=True)  # s = 8 / 2 = 4
+    plus, faster = (LoRALinear(copy.deepcopy(base), r=r, alpha=8) for _ in range(2))  # s = 2
+    for layer in (plus, faster):
+        layer.lora_A.data.copy_(rs.lora_A)
+    optimizers = {
+        "rsLoRA": torch.optim.Adam([rs.lora_A, rs.lora_B], lr=lr),
+        "LoRA+ ratio sqrt(r)": torch.optim.Adam(loraplus_param_groups(plus, lr, r**0.5), lr=lr),
+        "LoRA at sqrt(r) x lr": torch.optim.Adam([faster.lora_A, faster.lora_B], lr=lr * r**0.5),
+    }
+    layers = {"rsLoRA": rs, "LoRA+ ratio sqrt(r)": plus, "LoRA at sqrt(r) x lr": faster}
+    for _ in range(20):
+        for name, layer in layers.items():
+            optimizers[name].zero_grad()
+            torch.nn.functional.mse_loss(layer(x), target).backward()
+            optimizers[name].step()
+    with torch.no_grad():
+        outputs = {name: layer(x) for name, layer in layers.items()}
+    torch.testing.assert_close(
+        outputs["rsLoRA"], outputs["LoRA+ ratio sqrt(r)"], rtol=1e-4, atol=1e-5
+    )
+    assert not torch.allclose(outputs["rsLoRA"], outputs["LoRA at sqrt(r) x lr"], atol=1e-3)

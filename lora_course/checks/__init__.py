@@ -1,6 +1,6 @@
-"""Checks for the exercises (exercises 01-08), declared once per lesson, for learners and grader.
+"""Checks for the exercises (exercises 01-09), declared once per lesson, for learners and grader.
 
-`lesson01` ... `lesson08` each declare their exercises (exercise.py): the name the learner
+`lesson01` ... `lesson09` each declare their exercises (exercise.py): the name the learner
 defines, how to observe it on a case, how to judge the observations, the visible case and how to
 draw an instructor-only variant. A learner's check cell calls `checks.check_energy_captured(...)`,
 which observes and judges on the visible case, here. The classroom grader (lora_course.grading)
@@ -8,7 +8,17 @@ reads `EXERCISES`: it observes in the student's sandbox and judges in its own pr
 lesson adds its module here and nothing else: the grader needs no change.
 """
 
-from . import lesson01, lesson02, lesson03, lesson04, lesson05, lesson06, lesson07, lesson08
+from . import (
+    lesson01,
+    lesson02,
+    lesson03,
+    lesson04,
+    lesson05,
+    lesson06,
+    lesson07,
+    lesson08,
+    lesson09,
+)
 from .exercise import Exercise
 from .lesson01 import check_energy_captured, check_low_rank_approximation, check_rank_for_energy
 from .lesson02 import (
@@ -33,10 +43,21 @@ from .lesson08 import (
     check_qlora_forward,
     check_quantize_4bit,
 )
+from .lesson09 import check_dora_forward, check_loraplus_param_groups, check_pissa_factors
 
 EXERCISES: dict[str, tuple[Exercise, ...]] = {
     module.__name__[-2:]: module.EXERCISES
-    for module in (lesson01, lesson02, lesson03, lesson04, lesson05, lesson06, lesson07, lesson08)
+    for module in (
+        lesson01,
+        lesson02,
+        lesson03,
+        lesson04,
+        lesson05,
+        lesson06,
+        lesson07,
+        lesson08,
+        lesson09,
+    )
 }
 
 __all__ = [
@@ -48,18 +69,21 @@ __all__ = [
     "check_bits_per_parameter",
     "check_changed_parameters",
     "check_delta_weight",
+    "check_dora_forward",
     "check_energy_captured",
     "check_exact_match",
     "check_lora_forward",
     "check_lora_init",
     "check_lora_pair_parameters",
     "check_lora_parameters_for_config",
+    "check_loraplus_param_groups",
     "check_low_rank_approximation",
     "check_merge",
     "check_merged_weight",
     "check_mlp_share",
     "check_nf4_levels",
     "check_pick_precision",
+    "check_pissa_factors",
     "check_plan_adapter",
     "check_qlora_forward",
     "check_quantize_4bit",

@@ -9,6 +9,7 @@ tokens before it, so token-exact accuracy needs no generation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -39,30 +40,47 @@ def generate_batch(
     model,
     tokenizer,
     prompts: list[str],
-    system: str | None,
+    system: str | None | Sequence[str | None],
     max_new_tokens: int = 64,  # the longest answer in either task is 54 tokens with its end mark
     batch_size: int = 64,  # on a CPU each decoding step reads every weight: more rows share it
     progress: bool = True,
+    adapter_names: Sequence[str] | None = None,
 ) -> list[str]:
-    """Greedy replies to many prompts, batched with left padding (same text as one at a time)."""
+    """Greedy replies to many prompts, batched with left padding (same text as one at a time).
+
+    `system` is one system prompt for all, or one per prompt. `adapter_names`, one per prompt,
+    serves a mixed batch on a PeftModel: each row through its own adapter, "__base__" through
+    none (notebook 10).
+    """
+    if isinstance(adapter_names, str):
+        raise TypeError("adapter_names must be a list with one name per prompt, not one string")
+    systems = [system] * len(prompts) if system is None or isinstance(system, str) else system
+    for what, values in (("system prompts", systems), ("adapter_names", adapter_names)):
+        if values is not None and len(values) != len(prompts):
+            raise ValueError(f"{len(values)} {what} for {len(prompts)} prompts: one per prompt")
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
     replies = []
     batches = range(0, len(prompts), batch_size)
     for start in tqdm(batches, desc="generating", disable=not progress, leave=False):
-        ids = [chat_input_ids(tokenizer, p, system)[0] for p in prompts[start : start + batch_size]]
+        rows = range(start, min(start + batch_size, len(prompts)))
+        ids = [chat_input_ids(tokenizer, prompts[i], systems[i])[0] for i in rows]
         width = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)  # (B, T)
         attention_mask = torch.zeros_like(input_ids)  # (B, T)
         for row, x in enumerate(ids):  # left padding: every prompt ends where generation starts
             input_ids[row, width - len(x) :] = x
             attention_mask[row, width - len(x) :] = 1
+        routing = (
+            {} if adapter_names is None else {"adapter_names": [adapter_names[i] for i in rows]}
+        )
         output = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=pad_id,
+            **routing,
         )  # (B, T + new)
         texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
         replies += [text.strip() for text in texts]

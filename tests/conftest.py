@@ -22,7 +22,7 @@ def tokens():
 
 
 def randomize_lora(model, seed: int = 1, std: float = 0.5):
-    """Give every lora_B non-zero values so the adapter actually changes the output."""
+    """Give every from-scratch LoRALinear's lora_B non-zero values (PEFT names theirs otherwise)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():

@@ -1,6 +1,6 @@
-"""Checks for the exercises (exercises 01-09), declared once per lesson, for learners and grader.
+"""Checks for the exercises (exercises 01-10), declared once per lesson, for learners and grader.
 
-`lesson01` ... `lesson09` each declare their exercises (exercise.py): the name the learner
+`lesson01` ... `lesson10` each declare their exercises (exercise.py): the name the learner
 defines, how to observe it on a case, how to judge the observations, the visible case and how to
 draw an instructor-only variant. A learner's check cell calls `checks.check_energy_captured(...)`,
 which observes and judges on the visible case, here. The classroom grader (lora_course.grading)
@@ -18,6 +18,7 @@ from . import (
     lesson07,
     lesson08,
     lesson09,
+    lesson10,
 )
 from .exercise import Exercise
 from .lesson01 import check_energy_captured, check_low_rank_approximation, check_rank_for_energy
@@ -44,6 +45,11 @@ from .lesson08 import (
     check_quantize_4bit,
 )
 from .lesson09 import check_dora_forward, check_loraplus_param_groups, check_pissa_factors
+from .lesson10 import (
+    check_latest_compatible,
+    check_route_adapters,
+    check_served_vs_merged_gap,
+)
 
 EXERCISES: dict[str, tuple[Exercise, ...]] = {
     module.__name__[-2:]: module.EXERCISES
@@ -57,6 +63,7 @@ EXERCISES: dict[str, tuple[Exercise, ...]] = {
         lesson07,
         lesson08,
         lesson09,
+        lesson10,
     )
 }
 
@@ -72,6 +79,7 @@ __all__ = [
     "check_dora_forward",
     "check_energy_captured",
     "check_exact_match",
+    "check_latest_compatible",
     "check_lora_forward",
     "check_lora_init",
     "check_lora_pair_parameters",
@@ -89,8 +97,10 @@ __all__ = [
     "check_quantize_4bit",
     "check_rank_for_budget",
     "check_rank_for_energy",
+    "check_route_adapters",
     "check_rslora_ratio",
     "check_scaling",
+    "check_served_vs_merged_gap",
     "check_trainable_parameters",
     "check_unmerge",
 ]

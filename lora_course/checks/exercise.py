@@ -1,4 +1,4 @@
-"""What an exercise is, for the learner's check and for the grader (exercises 01-09).
+"""What an exercise is, for the learner's check and for the grader (exercises 01-10).
 
 An exercise is checked in two halves. `observe` runs the learner's object on a case (inputs
 chosen by the checker: sizes, seeds, values) and records what it did as plain data: tensors,

@@ -32,7 +32,7 @@ course: env
 	$(PY) tools/build_site.py --notebooks $(COURSE_OUT) --out build/site
 
 warm: env  # docs/workshop.md: run before a class (on 2 CPU cores two trainings of about 4 min)
-	$(PY) -m lora_course.finetune
+	$(PY) -m lora_course.finetune --warm
 
 site: env  # the committed notebooks, rendered
 	$(PY) tools/build_site.py --out build/site

@@ -4,7 +4,9 @@
 workload (notebook 05's recipe, notebook 06's shorter comparison runs) and per runtime (GPU
 workshop, CPU full run, fast mode for CI); `make_trainer` builds the Trainer; `fine_tune`
 is the whole recipe; `cached_adapter` trains an adapter once per (task, recipe, base model) and
-keeps it in the course cache, so notebook 07 never depends on notebook 05 having run.
+keeps it in the course cache, so notebook 07 never depends on notebook 05 having run. Notebook 11
+adds full fine-tuning, schedules, dropout and gradient accumulation to the recipe; its command
+line, `python -m lora_course.finetune`, is in finetune_cli.py.
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ WORKLOADS = {
         "cpu": Workload(steps=40, batch_size=4, eval_examples=200),
         "fast": Workload(steps=3, batch_size=2, eval_examples=8),
     },
+    "grid": {  # notebook 11's learning-rate grids, LoRA and full fine-tuning x seeds: the shortest
+        "cuda": Workload(steps=100, batch_size=16, eval_examples=200),
+        "cpu": Workload(steps=16, batch_size=4, eval_examples=64),  # eval: validation tickets
+        "fast": Workload(steps=4, batch_size=2, eval_examples=8),  # 4: diagnose_run's least
+    },
 }
 
 
@@ -69,6 +76,18 @@ def workload_sizes(workload: str, precision: Precision) -> Workload:
 PROCEDURE = 3
 
 
+METHODS = ("lora", "full")
+SCHEDULES = ("constant", "cosine")
+#: FinetuneConfig's settings added by notebook 11, at their defaults (left out of its key)
+LATER_DEFAULTS = {
+    "method": "lora",
+    "schedule": "constant",
+    "warmup_steps": 0,
+    "lora_dropout": 0.0,
+    "grad_accum": 1,
+}
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     """One LoRA fine-tuning recipe: what to adapt, how large, how long (notebook 05)."""
@@ -82,17 +101,32 @@ class FinetuneConfig:
     batch_size: int = 8
     eval_examples: int = 200  # test-split examples scored by generation after training
     seed: int = 0
+    # added by notebook 11; at these defaults a recipe is the one notebooks 05-10 trained
+    method: str = "lora"  # or "full": every weight of the model trained, no adapter
+    schedule: str = "constant"  # or "cosine": decays to 0 at the last step
+    warmup_steps: int = 0  # linear warmup from 0 before the schedule
+    lora_dropout: float = 0.0
+    grad_accum: int = 1  # batches of batch_size per optimizer step (batch_size is per process)
 
     def __post_init__(self):
         get_task(self.task)  # a ValueError naming the known tasks
         unknown = sorted(set(self.targets) - set(PROJECTIONS))
         if not self.targets or unknown:
             raise ValueError(f"targets must be among {', '.join(PROJECTIONS)}; got {unknown}")
-        for name in ("r", "steps", "batch_size", "eval_examples"):
+        for name in ("r", "steps", "batch_size", "eval_examples", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.schedule not in SCHEDULES:
+            choices = ", ".join(SCHEDULES)
+            raise ValueError(f"schedule must be one of {choices}, got {self.schedule!r}")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(f"warmup_steps must be in [0, {self.steps}), got {self.warmup_steps}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
 
     @classmethod
     def for_runtime(
@@ -110,17 +144,28 @@ class FinetuneConfig:
         """The PEFT LoraConfig of this recipe."""
         from peft import LoraConfig
 
+        if self.method != "lora":
+            raise ValueError(f"a {self.method!r} fine-tune has no LoraConfig")
         return LoraConfig(
             r=self.r,
             lora_alpha=self.alpha,
-            lora_dropout=0.0,
+            lora_dropout=self.lora_dropout,
             target_modules=list(self.targets),
             task_type="CAUSAL_LM",
         )
 
     def key(self) -> str:
-        """A short hash of every setting: two recipes share a cached adapter only if all match."""
-        text = json.dumps({**dataclasses.asdict(self), "procedure": PROCEDURE}, sort_keys=True)
+        """A short hash of every setting: two recipes share a cached adapter only if all match.
+
+        Settings added after PROCEDURE 3 count only when they differ from their defaults, so the
+        adapters already cached keep their names.
+        """
+        settings = {
+            name: value
+            for name, value in dataclasses.asdict(self).items()
+            if name not in LATER_DEFAULTS or value != LATER_DEFAULTS[name]
+        }
+        text = json.dumps({**settings, "procedure": PROCEDURE}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -197,21 +242,58 @@ def padding_share(lengths: list[int], batch_size: int, order: str, seed: int = 0
     return 1 - real / total
 
 
-def grouped_by_length(rows, config: FinetuneConfig):
-    """`rows` (a datasets.Dataset or a list of dicts) in length_grouped_order, for make_trainer."""
+def effective_batch_size(batch_size: int, grad_accum: int = 1, processes: int = 1) -> int:
+    """Rows behind one optimizer step: per process, per accumulated batch, summed (notebook 11)."""
+    for name, value in (("batch_size", batch_size), ("grad_accum", grad_accum),
+                        ("processes", processes)):  # fmt: skip
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+    return batch_size * grad_accum * processes
+
+
+def steps_per_epoch(rows: int, batch_size: int, grad_accum: int = 1, processes: int = 1) -> int:
+    """Whole optimizer steps in one pass over `rows` training rows (notebook 11).
+
+    Rounded down: the rows left over (fewer than one step's) are seen at the start of the next
+    pass, as in length_grouped_order. Raises if `rows` cannot fill a single step.
+    """
+    step = effective_batch_size(batch_size, grad_accum, processes)
+    if rows < step:
+        raise ValueError(f"{rows} rows cannot fill one step of {step} rows")
+    return rows // step
+
+
+def grouped_by_length(rows, config: FinetuneConfig, processes: int = 1):
+    """`rows` (a datasets.Dataset or a list of dicts) in length_grouped_order, for make_trainer.
+
+    One optimizer step takes `config.grad_accum` x `processes` consecutive batches of
+    `config.batch_size` rows: one process accumulating 2 batches sees the same rows per step as
+    2 processes taking one each (the command line's two launches agree on it).
+    """
     if len(rows) == 0:
         return rows
     lengths = [len(row["input_ids"]) for row in rows]
-    order = length_grouped_order(lengths, config.batch_size, config.steps, config.seed)
+    batches = config.steps * config.grad_accum * processes
+    order = length_grouped_order(lengths, config.batch_size, batches, config.seed)
     return rows.select(order) if hasattr(rows, "select") else [rows[i] for i in order]
+
+
+# (schedule, has warmup) -> transformers' lr_scheduler_type
+SCHEDULER_NAMES = {
+    ("constant", False): "constant",
+    ("constant", True): "constant_with_warmup",
+    ("cosine", False): "cosine",
+    ("cosine", True): "cosine",  # linear warmup, then cosine decay to 0
+}
 
 
 def training_settings(
     config: FinetuneConfig, precision: Precision, output_dir, eval_every: int | None = None
 ) -> dict:
-    """TrainingArguments keywords: constant lr, no checkpoints, a loss logged every step.
+    """TrainingArguments keywords: the recipe's schedule, no checkpoints, a loss every step.
 
     `eval_every` > 0 also computes the loss on the Trainer's eval rows every that many steps.
+    A NaN or infinite loss is logged as it is (health.StopOnNonFiniteLoss needs to see it).
     """
     evaluation = {
         "eval_strategy": "steps",
@@ -223,12 +305,17 @@ def training_settings(
         "output_dir": str(output_dir),
         "max_steps": config.steps,
         "per_device_train_batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.grad_accum,
         "learning_rate": config.lr,
-        "lr_scheduler_type": "constant",  # the schedule of the hand-written loop in training.py
+        # constant: the schedule of the hand-written loop in training.py (notebook 11 compares)
+        "lr_scheduler_type": SCHEDULER_NAMES[(config.schedule, config.warmup_steps > 0)],
+        "warmup_steps": config.warmup_steps,
         "weight_decay": 0.0,
         "optim": "adamw_torch",
         "max_grad_norm": MAX_GRAD_NORM,
         "logging_steps": 1,
+        # by default the Trainer logs a NaN or inf loss as the mean since the last log: 0.0 here
+        "logging_nan_inf_filter": False,
         "save_strategy": "no",
         "report_to": "none",
         "seed": config.seed,
@@ -254,12 +341,15 @@ def make_trainer(
     eval_every: int | None = None,
     progress: bool = True,
     optimizer=None,
+    callbacks=(),
 ):
     """A transformers Trainer for a PEFT model on tokenized rows (columns input_ids, labels).
 
     With `eval_rows` and `eval_every`, it also logs their loss ("eval_loss") every so many steps.
     `progress=False`: no step bar (a sweep shows one bar over its runs instead).
     `optimizer`: one built outside (LoRA+'s, from variants.Variant) instead of the Trainer's AdamW.
+    `callbacks`: more TrainerCallbacks, e.g. health.StopOnNonFiniteLoss() (notebook 11).
+    Under `accelerate launch` each process takes its own batches of the same ordered rows.
     """
     from transformers import Trainer, TrainingArguments
 
@@ -267,13 +357,16 @@ def make_trainer(
         raise ValueError("give eval_rows and eval_every together, or neither")
     if eval_every is not None and not 1 <= eval_every <= config.steps:
         raise ValueError(f"eval_every must be between 1 and {config.steps} steps, got {eval_every}")
+    args = TrainingArguments(**training_settings(config, precision, output_dir, eval_every))
     trainer = Trainer(
         model=model,
-        args=TrainingArguments(**training_settings(config, precision, output_dir, eval_every)),
-        train_dataset=grouped_by_length(train_rows, config),  # little padding, random batch order
+        args=args,
+        # little padding, random batch order; the same rows per step however many processes
+        train_dataset=grouped_by_length(train_rows, config, args.world_size),
         eval_dataset=eval_rows,
         data_collator=AnswerOnlyCollator(tokenizer.pad_token_id),
-        optimizers=(optimizer, None),  # None: the Trainer builds AdamW and the constant schedule
+        optimizers=(optimizer, None),  # None: the Trainer builds AdamW and the recipe's schedule
+        callbacks=list(callbacks),
     )
     _bar_without_log_lines(trainer, progress)  # the losses stay in trainer.state.log_history
     _train_with_training_attention(trainer, precision)  # eager attention on a CPU
@@ -348,6 +441,8 @@ class TrainingRun:
     eval_steps: list[int]  # steps at which the held-out loss was computed (none without eval_rows)
     eval_losses: list[float]  # the held-out loss at those steps
     peak_gpu_bytes: int | None  # torch.cuda.max_memory_allocated while training; None on a CPU
+    grad_norms: list[float] = dataclasses.field(default_factory=list)  # before clipping, per step
+    learning_rates: list[float] = dataclasses.field(default_factory=list)  # of every step
 
 
 def _add_step_timer(trainer):
@@ -381,12 +476,17 @@ def fine_tune_run(
     eval_rows=None,
     eval_every: int | None = None,
     progress: bool = True,
+    callbacks=(),
+    train_rows=None,
 ) -> TrainingRun:
     """get_peft_model + Trainer on the task's training split, as a `TrainingRun` (notebook 09).
 
+    With `config.method == "full"` it trains every weight of `model` instead (notebook 11).
     `variant` (a variants.Variant) switches PEFT's LoRA to DoRA, rsLoRA, PiSSA or LoRA+; `eval_rows`
-    and `eval_every` log a held-out loss during training (make_trainer). `model` is wrapped in
-    place (PEFT injects into it): pass a copy to keep the base clean. `fine_tune` gives part of it.
+    and `eval_every` log a held-out loss during training (make_trainer); `callbacks` go to the
+    Trainer; `train_rows` (tokenized) replace the task's training split, e.g. a small subset.
+    `model` is wrapped in place (PEFT injects into it): pass a copy to keep the base clean.
+    `fine_tune` gives part of it.
     """
     import tempfile
 
@@ -396,10 +496,16 @@ def fine_tune_run(
 
     precision = precision or choose_precision()
     torch.manual_seed(config.seed)  # the same A initialization for the same recipe
-    lora_config = variant.lora_config(config) if variant else config.lora_config()
-    peft_model = get_peft_model(model, lora_config)
+    if config.method == "full":
+        if variant is not None:
+            raise ValueError("a variant changes LoRA: it cannot apply to a full fine-tune")
+        peft_model = model.requires_grad_(True)  # every weight trains; the name stays for brevity
+    else:
+        lora_config = variant.lora_config(config) if variant else config.lora_config()
+        peft_model = get_peft_model(model, lora_config)
     optimizer = variant.optimizer(peft_model, config.lr) if variant else None
-    train_rows = tokenized_task(config.task, tokenizer)["train"]  # tokenized once per tokenizer
+    if train_rows is None:
+        train_rows = tokenized_task(config.task, tokenizer)["train"]  # tokenized once per tokenizer
     on_gpu = precision.device == "cuda"
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
@@ -407,6 +513,7 @@ def fine_tune_run(
         trainer = make_trainer(
             peft_model, tokenizer, train_rows, config, precision, output_dir,
             eval_rows=eval_rows, eval_every=eval_every, progress=progress, optimizer=optimizer,
+            callbacks=callbacks,
         )  # fmt: skip
         timer = _add_step_timer(trainer)
         try:
@@ -422,6 +529,8 @@ def fine_tune_run(
         eval_steps=eval_steps,
         eval_losses=eval_losses,
         peak_gpu_bytes=torch.cuda.max_memory_allocated() if on_gpu else None,
+        grad_norms=logged(trainer, "grad_norm")[1],
+        learning_rates=logged(trainer, "learning_rate")[1],
     )
 
 
@@ -492,5 +601,7 @@ def warm_caches(tasks: tuple[str, ...] = ("tickets", "sql")) -> list[Path]:
     return [cached_adapter(model, tokenizer, config) for config in configs]
 
 
-if __name__ == "__main__":
-    warm_caches()
+if __name__ == "__main__":  # the command line lives in finetune_cli.py
+    from .finetune_cli import main
+
+    raise SystemExit(main())

@@ -23,6 +23,7 @@ A calculator, not a simulator. Every assumption is a named argument or stated be
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from .counting import projection_shapes
@@ -48,12 +49,22 @@ class MemoryEstimate:
         return {part: getattr(self, part) / 2**30 for part in parts}
 
 
-def activation_bytes(config, batch: int, seq: int, bytes_per_value: int = 4) -> float:
-    """Activations kept for backward, by the per-token count in the module docstring."""
+def activation_bytes(
+    config, batch: int, seq: int, bytes_per_value: int = 4, checkpointing: bool = False
+) -> float:
+    """Activations kept for backward, by the per-token count in the module docstring.
+
+    With `checkpointing` (gradient checkpointing) each block keeps only its input (h per token) and
+    one block at a time recomputes its own activations during the backward pass.
+    """
     shapes = projection_shapes(config)
     h, kv, i = config.hidden_size, shapes["k_proj"][1], config.intermediate_size
     per_block = 10 * h + 2 * kv + 4 * i + config.num_attention_heads * seq
-    per_token = config.num_hidden_layers * per_block + 3 * config.vocab_size
+    if checkpointing:
+        blocks = config.num_hidden_layers * h + per_block
+    else:
+        blocks = config.num_hidden_layers * per_block
+    per_token = blocks + 3 * config.vocab_size
     return batch * seq * per_token * bytes_per_value
 
 
@@ -73,12 +84,14 @@ def estimate_training_memory(
     weight_bytes: float = 4,
     activation_value_bytes: int = 4,
     quantized_bytes: float = QLORA_BYTES,
+    checkpointing: bool = False,
 ) -> MemoryEstimate:
     """Memory to train with `method` ('full', 'lora' or 'qlora'), by the stated assumptions.
 
     `base_params` counts the model without adapters; `lora_params` the adapters' A and B (unused
     for 'full', which trains every base parameter). `quantized_bytes` is what 'qlora' stores per
     4-bit parameter: QLORA_BYTES, or about 0.516 with double quantization (notebook 08).
+    `checkpointing`: activations as gradient checkpointing keeps them (activation_bytes).
     """
     if method not in ("full", "lora", "qlora"):
         raise ValueError(f"method must be 'full', 'lora' or 'qlora', got {method!r}")
@@ -94,12 +107,18 @@ def estimate_training_memory(
         weights=frozen_bytes + trained * 4,  # trained weights kept in fp32
         gradients=trained * 4,
         optimizer=trained * 8,  # AdamW: first and second moments
-        activations=activation_bytes(config, batch, seq, activation_value_bytes),
+        activations=activation_bytes(config, batch, seq, activation_value_bytes, checkpointing),
     )
 
 
 def measure_training_peak(
-    method: str, batch: int = 4, seq: int = 128, steps: int = 2, r: int = 8, targets=None
+    method: str,
+    batch: int = 4,
+    seq: int = 128,
+    steps: int = 2,
+    r: int = 8,
+    targets=None,
+    checkpointing: bool = False,
 ) -> dict:
     """Train SmolLM2 for `steps` steps in a fresh Python process and report its peak memory.
 
@@ -107,7 +126,8 @@ def measure_training_peak(
     would include everything done before. Returns bytes: {'peak', 'device', ...}. On a CPU the
     figure is the peak resident set (RSS) while training, less the process's RSS after its
     imports; on a GPU it is torch.cuda.max_memory_allocated() while training. The CPU measurement
-    reads /proc: Linux only.
+    reads /proc: Linux only. `checkpointing` turns on gradient checkpointing (notebook 11); the
+    result's 'seconds_per_step' is the mean time of the steps after the first.
     """
     import json
     import os
@@ -116,6 +136,7 @@ def measure_training_peak(
 
     args = ["--method", method, "--batch", str(batch), "--seq", str(seq), "--steps", str(steps)]
     args += ["--r", str(r), "--targets", ",".join(targets or ("q_proj", "v_proj"))]
+    args += ["--checkpointing"] if checkpointing else []
     # glibc returns freed blocks of 128 KiB and more to the system at once, instead of keeping
     # them for reuse (its default raises that threshold as the program runs): the peak RSS then
     # follows the live tensors, run after run, and not what the allocator happened to hold
@@ -152,7 +173,9 @@ def _reset_peak_rss() -> None:
         clear_refs.write("5")
 
 
-def _probe(method: str, batch: int, seq: int, steps: int, r: int, targets: list[str]) -> dict:
+def _probe(
+    method: str, batch: int, seq: int, steps: int, r: int, targets: list[str], checkpointing: bool
+) -> dict:
     """The measurement itself, run by `python -m lora_course.memory` in a fresh process."""
     import torch
 
@@ -183,10 +206,17 @@ def _probe(method: str, batch: int, seq: int, steps: int, r: int, targets: list[
     for _ in range(batch * steps):  # exactly `seq` tokens each, so the estimate's seq is exact
         ids = torch.randint(0, tokenizer.vocab_size, (seq,), generator=g).tolist()
         rows.append({"input_ids": ids, "labels": ids})
+    if checkpointing:  # non-reentrant: the LoRA layers get gradients without input grads
+        non_reentrant = {"use_reentrant": False}
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=non_reentrant)
     # fp32, as the calculator counts 4 bytes per activation; eager attention on a CPU, as it trains
     precision = choose_precision().in_fp32()
-    train(model, rows, steps=steps, lr=1e-5, pad_id=0, batch_size=batch, precision=precision,
-          progress=False)  # fmt: skip
+    times = []
+    for step in range(steps):  # one step per call: each is timed; the peak covers them all
+        start = time.perf_counter()
+        train(model, rows, steps=1, lr=1e-5, pad_id=0, batch_size=batch, precision=precision,
+              seed=step, progress=False)  # fmt: skip
+        times.append(time.perf_counter() - start)
     counts = count_parameters(model)
     lora = counts.trainable if method != "full" else 0
     return {
@@ -195,6 +225,7 @@ def _probe(method: str, batch: int, seq: int, steps: int, r: int, targets: list[
         "peak": torch.cuda.max_memory_allocated() if on_gpu else _rss_bytes("VmHWM") - baseline,
         "base": counts.total - lora,  # the model without adapters
         "lora": lora,
+        "seconds_per_step": sum(times[1:]) / max(1, len(times) - 1),  # the first one warms up
     }
 
 
@@ -207,5 +238,7 @@ if __name__ == "__main__":
     for name, default in (("batch", 4), ("seq", 128), ("steps", 2), ("r", 8)):
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--targets", default="q_proj,v_proj")
+    parser.add_argument("--checkpointing", action="store_true")
     a = parser.parse_args()
-    print(json.dumps(_probe(a.method, a.batch, a.seq, a.steps, a.r, a.targets.split(","))))
+    targets = a.targets.split(",")
+    print(json.dumps(_probe(a.method, a.batch, a.seq, a.steps, a.r, targets, a.checkpointing)))

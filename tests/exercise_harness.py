@@ -9,9 +9,13 @@ functions by name (pytest puts tests/ on sys.path): `from exercise_harness impor
 
 import json
 import random
+import re
+from pathlib import Path
 
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def through_json(value):
@@ -142,3 +146,75 @@ ODD_OBJECTS = {
     "returns NaN": lambda *a, **k: float("nan"),
     "not callable": 42,
 }
+
+
+def defined(folder: str, name: str) -> dict:
+    """What the code cells of notebook `name` in `folder` (solutions/ or exercises/) define: its
+    cells that import, or define a class or function, run in one namespace."""
+    namespace = {}
+    for cell in json.loads((ROOT / folder / name).read_text())["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code" and source.startswith(
+            ("import ", "from ", "class ", "def ")
+        ):
+            exec(source, namespace)  # the course's own notebook
+    return namespace
+
+
+def _id(exercise, answer, message="") -> str:
+    name = getattr(answer, "__qualname__", "answer").split(".")[0]
+    return f"{exercise.id}-{name}-{str(getattr(message, 'pattern', message))[:30]}"
+
+
+def shared_tests(module, untouched: dict, right, wrong, seeds: dict, wrong_seeds: dict) -> dict:
+    """The tests of a lesson's checks, for its test module to adopt by name: `globals().update(
+    shared_tests(lesson11, UNTOUCHED, RIGHT, WRONG, SEEDS, WRONG_SEEDS))`.
+
+    `untouched`: what the exercise notebook defines; `right`: (exercise, answer, whether it is the
+    solution's) rows, each passing the visible case and the variants of `seeds[exercise.id]` (the
+    first three unless it is the solution's); `wrong`: (exercise, answer, message) rows, each
+    failing with `message` (a str, or a compiled pattern) on the variants of
+    `wrong_seeds[exercise.id]`. Odd learners are judged without raising, cases are JSON with
+    differing variants, each untouched exercise is "not written yet", and each exercise's check
+    function, `check_<target>`, is exported by `lora_course.checks`.
+    """
+    exercises = module.EXERCISES
+    each = pytest.mark.parametrize("exercise", exercises, ids=[e.id for e in exercises])
+
+    @each
+    @pytest.mark.parametrize("name", ODD_OBJECTS)
+    def test_observe_never_raises_and_judge_names_the_problem(exercise, name):
+        message = "not written yet" if name == "not written" else None
+        judged_odd(exercise, ODD_OBJECTS[name], message)
+
+    @each
+    def test_cases_are_json_and_variants_differ(exercise):
+        cases_vary(exercise)
+
+    @each
+    def test_the_untouched_exercise_is_not_written_yet(exercise):
+        fails(exercise, untouched[exercise.target], "not written yet", wrong_seeds[exercise.id])
+
+    @each
+    def test_the_check_function_is_the_exercise_and_exported(exercise):
+        from lora_course import checks
+
+        check = getattr(module, f"check_{exercise.target}")
+        assert getattr(checks, check.__name__) is check and check.__name__ in checks.__all__
+        assert checks.EXERCISES[module.__name__[-2:]] == exercises
+        with pytest.raises(AssertionError, match="not written yet"):
+            check(untouched[exercise.target])
+
+    @pytest.mark.parametrize(
+        ("exercise", "answer", "main"), right, ids=[_id(*r[:2]) for r in right]
+    )
+    def test_right_answers_pass_the_visible_case_and_variants(exercise, answer, main):
+        drawn = seeds[exercise.id]
+        passes(exercise, answer, drawn if main else drawn[:3])
+
+    @pytest.mark.parametrize(("exercise", "answer", "message"), wrong, ids=[_id(*w) for w in wrong])
+    def test_each_mistake_is_named_on_the_visible_case_and_variants(exercise, answer, message):
+        pattern = message if isinstance(message, re.Pattern) else re.escape(message)
+        fails(exercise, answer, pattern, wrong_seeds[exercise.id])
+
+    return {name: test for name, test in locals().items() if name.startswith("test_")}

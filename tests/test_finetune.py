@@ -1,5 +1,6 @@
 """The PEFT + Trainer recipe: per-device choices, answer-only batches, loss going down, caching."""
 
+import copy
 import dataclasses
 import statistics
 from pathlib import Path
@@ -354,3 +355,102 @@ def test_loraplus_hands_its_optimizer_to_the_trainer(tiny_with_tokenizer, smollm
     assert sorted(rates.values()) == [1e-3, 16e-3] and all(
         g["weight_decay"] == 0.0 for g in optimizer.param_groups
     )
+
+
+# ---- notebook 11: schedules, full fine-tuning, accumulation, the batch arithmetic
+
+
+def test_the_default_recipe_keeps_the_key_its_cached_adapters_have():
+    """Settings added by notebook 11 enter the key only when changed: no cached adapter is lost."""
+    assert FinetuneConfig().key() == "40ed89d205"
+    changes = {"method": "full", "schedule": "cosine", "warmup_steps": 2, "lora_dropout": 0.1,
+               "grad_accum": 2}  # fmt: skip
+    keys = {dataclasses.replace(FinetuneConfig(), **{k: v}).key() for k, v in changes.items()}
+    assert len(keys) == len(changes) and FinetuneConfig().key() not in keys
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"method": "qlora"}, "method must be one of lora, full"),
+        ({"schedule": "linear"}, "schedule must be one of constant, cosine"),
+        ({"warmup_steps": 100, "steps": 100}, r"warmup_steps must be in \[0, 100\)"),
+        ({"lora_dropout": 1.0}, r"lora_dropout must be in \[0, 1\)"),
+        ({"grad_accum": 0}, "grad_accum must be at least 1"),
+    ],
+)
+def test_new_settings_are_checked(settings, message):
+    with pytest.raises(ValueError, match=message):
+        FinetuneConfig(**settings)
+
+
+@pytest.mark.parametrize(
+    "schedule, warmup, name",
+    [
+        ("constant", 0, "constant"),
+        ("constant", 3, "constant_with_warmup"),
+        ("cosine", 0, "cosine"),
+        ("cosine", 3, "cosine"),
+    ],  # fmt: skip
+)
+def test_schedules_reach_the_trainer(schedule, warmup, name):
+    config = FinetuneConfig(schedule=schedule, warmup_steps=warmup, grad_accum=3)
+    settings = training_settings(config, CPU, "out")
+    assert settings["lr_scheduler_type"] == name and settings["warmup_steps"] == warmup
+    assert settings["gradient_accumulation_steps"] == 3
+
+
+def test_dropout_reaches_peft_and_a_full_fine_tune_has_no_lora_config():
+    assert FinetuneConfig(lora_dropout=0.05).lora_config().lora_dropout == 0.05
+    with pytest.raises(ValueError, match="'full' fine-tune has no LoraConfig"):
+        FinetuneConfig(method="full").lora_config()
+
+
+def test_effective_batch_and_steps_per_epoch():
+    from lora_course.finetune import effective_batch_size, steps_per_epoch
+
+    assert effective_batch_size(2, 4, 2) == 16 and effective_batch_size(8) == 8
+    assert steps_per_epoch(2000, 2, 4, 2) == 125 and steps_per_epoch(2001, 8) == 250
+    with pytest.raises(ValueError, match="cannot fill one step of 16 rows"):
+        steps_per_epoch(15, 2, 4, 2)
+    with pytest.raises(ValueError, match="processes must be a whole number"):
+        effective_batch_size(2, 1, 0)
+
+
+def test_accumulated_and_parallel_batches_take_consecutive_rows():
+    """One process accumulating k batches consumes the rows that k processes would share."""
+    from lora_course.finetune import grouped_by_length
+
+    rows = [{"input_ids": [1] * n} for n in range(5, 45)]
+    config = FinetuneConfig(steps=3, batch_size=2, grad_accum=2)
+    accumulated = grouped_by_length(rows, config)
+    parallel = grouped_by_length(rows, dataclasses.replace(config, grad_accum=1), processes=2)
+    assert accumulated == parallel and len(accumulated) == 3 * 2 * 2
+
+
+@pytest.mark.slow  # real Trainer runs
+def test_full_fine_tuning_trains_every_weight_with_a_cosine_schedule(
+    tiny_with_tokenizer, smollm2_tokenizer
+):
+    from lora_course.data import tokenized_task
+    from lora_course.finetune import fine_tune_run
+
+    config = FinetuneConfig(steps=8, batch_size=2, lr=3e-3, method="full", schedule="cosine",
+                            warmup_steps=2)  # fmt: skip
+    before = copy.deepcopy(tiny_with_tokenizer)
+    rows = tokenized_task("tickets", smollm2_tokenizer)["train"].select(range(16))
+    run = fine_tune_run(tiny_with_tokenizer, smollm2_tokenizer, config, CPU, progress=False,
+                        train_rows=rows)  # fmt: skip
+    assert not hasattr(run.model, "peft_config")
+    changed = [not torch.equal(p, q) for p, q in
+               zip(run.model.parameters(), before.parameters(), strict=True)]  # fmt: skip
+    assert all(changed)
+    assert statistics.mean(run.losses[-2:]) < run.losses[0]
+    assert len(run.grad_norms) == len(run.learning_rates) == 8
+    rates = run.learning_rates
+    # the Trainer's linear warmup starts at 0: step 1 at rate 0, step 3 at the peak, then down
+    assert rates[0] == 0 and rates[2] == pytest.approx(3e-3) and rates[-1] < rates[2] / 2, rates
+    from lora_course.variants import VARIANTS
+
+    with pytest.raises(ValueError, match="cannot apply to a full fine-tune"):
+        fine_tune_run(before, smollm2_tokenizer, config, CPU, VARIANTS["DoRA"], progress=False)

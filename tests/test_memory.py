@@ -114,3 +114,23 @@ def test_probe_measures_dora_with_its_magnitudes():
     assert dora["base"] == lora["base"] and dora["peak"] > 0
     with pytest.raises(RuntimeError, match="can measure 'full', 'lora' or 'dora'"):
         measure_training_peak("vera", batch=1, seq=16, steps=1)
+
+
+def test_checkpointing_keeps_one_block_of_activations(config):
+    """Notebook 11: checkpointing keeps L blocks' inputs and one block's activations, not L's."""
+    off = activation_bytes(config, batch=2, seq=16)
+    on = activation_bytes(config, batch=2, seq=16, checkpointing=True)
+    logits = 2 * 16 * 3 * config.vocab_size * 4
+    one_block = (off - logits) / config.num_hidden_layers
+    inputs = 2 * 16 * config.num_hidden_layers * config.hidden_size * 4
+    assert on == pytest.approx(logits + one_block + inputs)
+    full = estimate_training_memory(config, "full", 1000, 0, 2, 16, checkpointing=True)
+    assert full.activations == on and full.weights == 4000
+
+
+@pytest.mark.slow  # two subprocesses that train
+def test_probe_with_checkpointing_holds_less_and_times_its_steps():
+    plain = measure_training_peak("lora", batch=2, seq=128, steps=2)
+    checkpointed = measure_training_peak("lora", batch=2, seq=128, steps=2, checkpointing=True)
+    assert checkpointed["peak"] < plain["peak"]
+    assert plain["seconds_per_step"] > 0 and checkpointed["seconds_per_step"] > 0

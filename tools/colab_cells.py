@@ -86,10 +86,16 @@ def setup_cell(repository: str, ref: str, executed: bool) -> nbformat.NotebookNo
 def with_colab_cells(notebook, path: str, repository: str, ref: str, executed: bool):
     """The notebook with its badge under the title and its setup cell before the first code cell.
 
-    Idempotent: an existing badge line and setup cell are replaced. In an executed notebook the
+    Idempotent: an existing badge line and setup cell are replaced, and so is any copy of the setup
+    cell under another id (a notebook built from another one's cells). In an executed notebook the
     setup cell takes execution count 1 and the code cells after it are numbered on from 2.
     """
-    cells = [cell for cell in notebook.cells if cell.get("id") != SETUP_ID]
+    first_line = SETUP_SOURCE.partition("\n")[0]
+    cells = [
+        cell
+        for cell in notebook.cells
+        if cell.get("id") != SETUP_ID and not cell.source.startswith(first_line)
+    ]
     title = cells[0]
     if title.cell_type != "markdown" or not title.source.startswith("# "):
         raise ValueError(f"{path}: the first cell must be the '# ' title")

@@ -1,6 +1,6 @@
-"""Checks for the exercises (exercises 01-10), declared once per lesson, for learners and grader.
+"""Checks for the exercises (exercises 01-11), declared once per lesson, for learners and grader.
 
-`lesson01` ... `lesson10` each declare their exercises (exercise.py): the name the learner
+`lesson01` ... `lesson11` each declare their exercises (exercise.py): the name the learner
 defines, how to observe it on a case, how to judge the observations, the visible case and how to
 draw an instructor-only variant. A learner's check cell calls `checks.check_energy_captured(...)`,
 which observes and judges on the visible case, here. The classroom grader (lora_course.grading)
@@ -19,6 +19,7 @@ from . import (
     lesson08,
     lesson09,
     lesson10,
+    lesson11,
 )
 from .exercise import Exercise
 from .lesson01 import check_energy_captured, check_low_rank_approximation, check_rank_for_energy
@@ -50,6 +51,7 @@ from .lesson10 import (
     check_route_adapters,
     check_served_vs_merged_gap,
 )
+from .lesson11 import check_assistant_mask, check_batch_arithmetic, check_diagnose_run
 
 EXERCISES: dict[str, tuple[Exercise, ...]] = {
     module.__name__[-2:]: module.EXERCISES
@@ -64,6 +66,7 @@ EXERCISES: dict[str, tuple[Exercise, ...]] = {
         lesson08,
         lesson09,
         lesson10,
+        lesson11,
     )
 }
 
@@ -73,9 +76,12 @@ __all__ = [
     "check_adapter_shapes_fit",
     "check_alpha_predictions",
     "check_answer_only_labels",
+    "check_assistant_mask",
+    "check_batch_arithmetic",
     "check_bits_per_parameter",
     "check_changed_parameters",
     "check_delta_weight",
+    "check_diagnose_run",
     "check_dora_forward",
     "check_energy_captured",
     "check_exact_match",

@@ -1,4 +1,4 @@
-"""What an exercise is, for the learner's check and for the grader (exercises 01-10).
+"""What an exercise is, for the learner's check and for the grader (exercises 01-11).
 
 An exercise is checked in two halves. `observe` runs the learner's object on a case (inputs
 chosen by the checker: sizes, seeds, values) and records what it did as plain data: tensors,
@@ -44,6 +44,16 @@ class Exercise:
         if self.variant is not None:
             cases["instructor"] = self.variant(rng)
         return cases
+
+
+def first_fit(draw: Callable[[], Case], fits: Callable[[Case], bool], tries: int = 1000) -> Case:
+    """For a variant: the first case `draw()` gives that `fits` its conditions (a lesson's tests
+    draw hundreds of variants, so one always comes within a few tries)."""
+    for _ in range(tries):
+        case = draw()
+        if fits(case):
+            return case
+    raise RuntimeError(f"no case drawn in {tries} tries fits")
 
 
 def attempt(observations: Observations, key: str, call: Callable[[], Any]) -> Any:

@@ -25,7 +25,16 @@ import torch
 
 from ..registry import choose_version, compatibility_problems
 from ..serving import BASE, route_adapters, served_vs_merged_gap
-from .exercise import Exercise, attempt, describe, judge_number, observe_number, raised, require
+from .exercise import (
+    Exercise,
+    attempt,
+    describe,
+    first_fit,
+    judge_number,
+    observe_number,
+    raised,
+    require,
+)
 
 # --- 10.1 route_adapters(tags, routes) -> list[str] -------------------------------------------
 
@@ -981,15 +990,40 @@ def judge_gap(observations, case) -> None:
         _judge_value(observations, case, dtype, call)
 
 
+def _mistakes_told_apart(case) -> bool:
+    """Each mistaken measure of _measures gives, in some dtype of the case, another number than
+    the gap, so that no mistake passes (max(b - a) may be the gap: the judge tries both signs)."""
+    batch = _batch(case)
+    mask = batch["attention_mask"].bool()  # (rows, T)
+    apart = set()
+    for dtype in case["dtypes"]:
+        served, merged = _models(case)
+        with torch.no_grad():
+            a, b = (m.to(getattr(torch, dtype))(**batch).logits.float() for m in (served, merged))
+        measures = _measures(a, b, mask, dtype)
+        apart |= {
+            name
+            for name, values in measures.items()
+            if all(not _close(v, r) for v in values for r in measures["right"])
+        }
+    return apart >= set(measures) - {"right", "signed_other"}
+
+
 def _gap_variant(rng: random.Random) -> dict:
-    """Drawn weights, LoRA rank and alpha, rows (one shorter than the longest), pad id, dtypes."""
-    rows = rng.randint(3, 5)
-    lengths = [rng.randint(2, 9) for _ in range(rows)]
-    lengths[rng.randrange(rows)] = max(lengths) + rng.randint(1, 3)
-    r = rng.choice([2, 4, 8])
-    alpha = rng.choice([r, 2 * r, 16])
-    return {"seed": rng.randrange(2**31), "lengths": lengths, "pad_id": rng.randrange(128),
-            "r": r, "alpha": alpha, "dtypes": rng.sample(DTYPES, 3)}  # fmt: skip
+    """Drawn weights, LoRA rank and alpha, rows (one shorter than the longest), pad id, dtypes:
+    the first draw on which every mistake gives its own number (a float's rounding can make
+    two equal, and differs between CPUs)."""
+
+    def draw() -> dict:
+        rows = rng.randint(3, 5)
+        lengths = [rng.randint(2, 9) for _ in range(rows)]
+        lengths[rng.randrange(rows)] = max(lengths) + rng.randint(1, 3)
+        r = rng.choice([2, 4, 8])
+        alpha = rng.choice([r, 2 * r, 16])
+        return {"seed": rng.randrange(2**31), "lengths": lengths, "pad_id": rng.randrange(128),
+                "r": r, "alpha": alpha, "dtypes": rng.sample(DTYPES, 3)}  # fmt: skip
+
+    return first_fit(draw, _mistakes_told_apart)
 
 
 SERVED_VS_MERGED = Exercise(
